@@ -1,0 +1,45 @@
+# Two commands for a newcomer: `make test` and `make demo`. Each does its own set-up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARTIFACT ?= artifacts/all-MiniLM-L6-v2
+STSB_DEV ?= ../shared/data/stsb/stsb-en-dev.csv
+PACKAGES := contract worker producer modelbuild
+# torch==2.13.0 is a local CPU wheel on these machines; look there when the folder exists.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+export EMBED_MODEL_DIR ?= $(abspath $(ARTIFACT))
+
+.PHONY: install artifact lint test test-unit demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(FIND_LINKS) -e ".[worker,modelbuild,gateway,dev]"
+	touch $@
+
+artifact: $(ARTIFACT)/manifest.json
+
+$(ARTIFACT)/manifest.json: | $(VENV)/.installed
+	$(PY) -m modelbuild build --out $(ARTIFACT)
+
+lint: install
+	$(VENV)/bin/ruff check $(PACKAGES) tests bench
+	$(VENV)/bin/mypy
+
+test: install artifact lint
+	$(PY) -m pytest -q -ra
+
+test-unit: install
+	$(PY) -m pytest -q -m "not fleet and not slow"
+
+demo: install artifact
+	$(PY) -m producer.demo
+
+bench: install artifact
+	$(PY) bench/throughput.py --stsb $(STSB_DEV)
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,64 @@
+"""The Celery configuration both sides share: JSON only, late acks, little prefetch, bounded timeouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from contract.settings import FleetSettings
+
+EMBED_TASK = "embedfleet.embed_chunk"
+SOFT_LIMIT_MARGIN_S = 10
+SOFT_SHUTDOWN_S = 30
+VISIBILITY_TO_TIME_LIMIT = 4
+
+
+def celery_config(settings: FleetSettings) -> dict[str, Any]:
+    if settings.visibility_timeout_s < VISIBILITY_TO_TIME_LIMIT * settings.task_time_limit_s:
+        raise ValueError(
+            f"EMBED_VISIBILITY_TIMEOUT_S ({settings.visibility_timeout_s}) must be at least "
+            f"{VISIBILITY_TO_TIME_LIMIT}x EMBED_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}), "
+            "or Redis redelivers chunks that are still running"
+        )
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": settings.redis_socket_timeout_s,
+            "socket_connect_timeout": settings.redis_socket_timeout_s,
+            "socket_keepalive": True,
+            "health_check_interval": settings.redis_health_check_interval_s,
+            "retry_on_timeout": True,
+        },
+        # Pickle executes code on load: JSON everywhere, nothing else accepted.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Vectors go straight to Redis; Celery's result backend carries nothing.
+        "result_backend": None,
+        "task_ignore_result": True,
+        # At-least-once: ack after the work, redeliver when a pool child dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_S,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": max(1, settings.task_time_limit_s - SOFT_LIMIT_MARGIN_S),
+        "task_default_queue": settings.queue,
+        "task_routes": {EMBED_TASK: {"queue": settings.queue}},
+        # Flower needs task events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_concurrency": settings.processes(),
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_celery(settings: FleetSettings, main: str = "embedfleet") -> Celery:
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,89 @@
+"""All configuration in one place, read from the environment with the `EMBED_` prefix."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DAY_S = 24 * 3600
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity and cgroup quota), not the host's core count."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(count, quota) if quota else count)
+
+
+def _cgroup_cpu_quota() -> int | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, int(int(quota) / int(period)))
+
+
+class FleetSettings(BaseSettings):
+    """Settings shared by producers and workers; every field is `EMBED_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBED_", frozen=True)
+
+    broker_url: str = "redis://localhost:6379/0"
+    cache_url: str = Field("", description="Redis for vectors and jobs; empty = broker_url")
+    model_dir: Path = Path("artifacts/all-MiniLM-L6-v2")
+    model_name: str = "all-MiniLM-L6-v2"
+
+    model_fingerprint: str = Field("", description="pin the fingerprint instead of asking the fleet")
+    model_dims: int = Field(0, ge=0, description="with model_fingerprint: the vector size")
+
+    chunk_size: int = Field(64, gt=0, description="texts per Celery task")
+    max_job_texts: int = Field(100_000, gt=0, description="texts per submitted job")
+    max_text_chars: int = Field(
+        8_192, gt=0, description="characters kept before tokenising (tokenisation is superlinear)"
+    )
+    cache_ttl_s: int = Field(30 * DAY_S, gt=0)
+    job_ttl_s: int = Field(7 * DAY_S, gt=0)
+
+    token_budget: int = Field(8_192, gt=0, description="padded tokens per inference batch")
+    max_batch_size: int = Field(64, gt=0)
+    intra_op_threads: int = Field(0, ge=0, description="0 = usable CPUs / worker processes")
+    worker_concurrency: int = Field(0, ge=0, description="0 = one process per usable CPU")
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+
+    wait_poll_s: float = Field(5.0, gt=0, description="status re-read while waiting on pub/sub")
+    fetch_batch_size: int = Field(1_000, gt=0, description="vectors per MGET when fetching results")
+
+    task_time_limit_s: int = Field(300, gt=0)
+    visibility_timeout_s: int = Field(3_600, gt=0)
+    max_chunk_attempts: int = Field(3, gt=0, description="deliveries before a chunk fails its job")
+    retry_delay_s: float = Field(2.0, ge=0)
+    redis_socket_timeout_s: float = Field(30.0, gt=0)
+    redis_health_check_interval_s: int = Field(25, ge=0)
+
+    @model_validator(mode="after")
+    def _default_cache_url(self) -> FleetSettings:
+        if not self.cache_url:
+            object.__setattr__(self, "cache_url", self.broker_url)
+        return self
+
+    @property
+    def queue(self) -> str:
+        return f"embed.{self.model_name}"
+
+    def processes(self) -> int:
+        return self.worker_concurrency or usable_cpus()
+
+    def threads_per_process(self) -> int:
+        """Processes x threads <= CPUs, so prefork children never oversubscribe the host."""
+        return self.intra_op_threads or max(1, usable_cpus() // self.processes())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> FleetSettings:
+    return FleetSettings()

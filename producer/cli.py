@@ -1,0 +1,112 @@
+"""`python -m producer submit|status|fetch`: the fleet from a shell, with exit codes scripts can use.
+
+Exit codes: 0 done, 1 job failed, 2 bad usage or input, 3 job not found, 4 timed out,
+5 no fleet (no worker has advertised the model), 6 job still running (fetch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from contract.jobs import JobRecord, JobState
+from producer.client import EmbeddingClient
+from producer.errors import (
+    EmbedFleetError,
+    FleetUnavailableError,
+    InvalidTextError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    JobTooLargeError,
+)
+from producer.inputs import read_texts
+from producer.job import Job
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_NO_FLEET, EXIT_RUNNING = range(7)
+EXIT_CODES: dict[type[EmbedFleetError], int] = {
+    JobFailedError: EXIT_FAILED,
+    InvalidTextError: EXIT_USAGE,
+    JobTooLargeError: EXIT_USAGE,
+    JobNotFoundError: EXIT_NOT_FOUND,
+    JobTimeoutError: EXIT_TIMEOUT,
+    FleetUnavailableError: EXIT_NO_FLEET,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m producer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    submit = commands.add_parser("submit", help="queue a file of texts (lines, or JSONL with 'text')")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--wait", action="store_true", help="wait with a progress bar")
+    submit.add_argument("--out", type=Path, help="save the vectors as .npy (implies --wait)")
+    submit.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    status = commands.add_parser("status", help="print a job's record as JSON")
+    status.add_argument("job_id")
+    fetch = commands.add_parser("fetch", help="save a finished job's vectors as .npy")
+    fetch.add_argument("job_id")
+    fetch.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers: dict[str, Callable[[EmbeddingClient, argparse.Namespace], int]] = {
+        "submit": run_submit,
+        "status": run_status,
+        "fetch": run_fetch,
+    }
+    try:
+        with EmbeddingClient() as client:
+            return handlers[args.command](client, args)
+    except EmbedFleetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return next((code for kind, code in EXIT_CODES.items() if isinstance(exc, kind)), EXIT_FAILED)
+
+
+def run_submit(client: EmbeddingClient, args: argparse.Namespace) -> int:
+    job = client.submit(read_texts(args.file))
+    print(job.id)
+    if not (args.wait or args.out):
+        return EXIT_OK
+    record = job.wait(timeout=args.timeout, progress=True)
+    _print_record(record)
+    if record.state is JobState.FAILED:
+        return EXIT_FAILED
+    if args.out:
+        _save(job, args.out)
+    return EXIT_OK
+
+
+def run_status(client: EmbeddingClient, args: argparse.Namespace) -> int:
+    record = client.job(args.job_id).status()
+    _print_record(record)
+    return EXIT_FAILED if record.state is JobState.FAILED else EXIT_OK
+
+
+def run_fetch(client: EmbeddingClient, args: argparse.Namespace) -> int:
+    job = client.job(args.job_id)
+    if job.status().state is JobState.QUEUED:
+        print(f"job {job.id} is still running: try again later", file=sys.stderr)
+        return EXIT_RUNNING
+    _save(job, args.out)
+    return EXIT_OK
+
+
+def _save(job: Job, out: Path) -> None:
+    vectors = job.result()
+    np.save(out, vectors)
+    print(f"saved {vectors.shape[0]} x {vectors.shape[1]} float32 vectors to {out}", file=sys.stderr)
+
+
+def _print_record(record: JobRecord) -> None:
+    fields = asdict(record)
+    fields["state"] = record.state.value
+    print(json.dumps(fields, sort_keys=True))

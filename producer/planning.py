@@ -1,0 +1,62 @@
+"""Pure submit-time logic: validate texts, address them by content, dedupe, cut into chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from contract.digest import digest_for
+from producer.errors import InvalidTextError, JobTooLargeError
+
+
+def validate_texts(texts: Sequence[object], max_job_texts: int) -> list[str]:
+    """Refuse the whole job before anything is queued, naming the first bad position."""
+    if isinstance(texts, str):
+        raise InvalidTextError("texts must be a list of strings, not one string: wrap it in [...]")
+    if len(texts) > max_job_texts:
+        raise JobTooLargeError(
+            f"job has {len(texts)} texts, over the limit of {max_job_texts} "
+            "(EMBED_MAX_JOB_TEXTS): split it into several jobs"
+        )
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidTextError(
+                f"text at position {position} is {type(text).__name__}, not str: "
+                "convert or drop it and resubmit"
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidTextError(
+                f"text at position {position} is not valid Unicode ({exc.reason} at "
+                f"character {exc.start}): fix its encoding and resubmit"
+            ) from exc
+    return list(texts)  # type: ignore[arg-type]
+
+
+@dataclass
+class JobPlan:
+    """Digests in input order, and each distinct text once with how many positions it fills."""
+
+    digests: list[str]
+    unique_digests: list[str] = field(default_factory=list)
+    unique_texts: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+
+def plan_job(texts: Sequence[str], fingerprint: str) -> JobPlan:
+    plan = JobPlan(digests=[digest_for(fingerprint, text) for text in texts])
+    slot: dict[str, int] = {}
+    for text, digest in zip(texts, plan.digests, strict=True):
+        if digest in slot:
+            plan.counts[slot[digest]] += 1
+            continue
+        slot[digest] = len(plan.unique_digests)
+        plan.unique_digests.append(digest)
+        plan.unique_texts.append(text)
+        plan.counts.append(1)
+    return plan
+
+
+def chunk_ranges(total: int, size: int) -> list[range]:
+    return [range(start, min(start + size, total)) for start in range(0, total, size)]

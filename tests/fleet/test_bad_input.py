@@ -1,0 +1,109 @@
+"""Bad input gets a clear error and loses nothing else; the workers stay up for the next job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contract import keys
+from contract.celery_config import EMBED_TASK
+from contract.digest import digest_for
+from contract.jobs import ChunkMessage, JobRecord
+from producer import EmbeddingClient, InvalidTextError, JobFailedError, JobTooLargeError
+from tests.conftest import ROOT
+from tests.fleet.conftest import Fleet
+from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
+
+pytestmark = pytest.mark.fleet
+
+
+def test_an_empty_string_is_embedded(client: EmbeddingClient) -> None:
+    vectors = client.embed(["", "not empty"], timeout=JOB_TIMEOUT_S)
+    assert vectors.shape == (2, 384)
+    assert abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-4
+
+
+def test_a_non_string_is_refused_naming_its_position(client: EmbeddingClient) -> None:
+    with pytest.raises(InvalidTextError, match="position 2 is int"):
+        client.submit(["fine", "also fine", 42])
+
+
+def test_a_text_over_the_token_limit_is_truncated_and_counted(client: EmbeddingClient) -> None:
+    long_text = " ".join(f"word{i}" for i in range(2_000)) + uuid.uuid4().hex
+    texts = [long_text, "short", long_text]
+    job = client.submit(texts)
+    record = job.wait(timeout=JOB_TIMEOUT_S)
+    assert record.truncated == 2
+    assert job.result().shape == (3, 384)
+    again = client.submit([long_text]).status()  # a cache hit still counts as truncated
+    assert again.chunks == 0 and again.truncated == 1
+
+
+def test_a_job_over_the_size_limit_is_refused_with_the_limit(fleet: Fleet) -> None:
+    with fleet.client(max_job_texts=5) as small, pytest.raises(JobTooLargeError, match="limit of 5"):
+        small.submit(unique_texts(6))
+
+
+def test_invalid_utf8_in_an_input_file_is_refused_naming_the_line(fleet: Fleet, tmp_path: Path) -> None:
+    path = tmp_path / "texts.txt"
+    path.write_bytes(b"good line\nsecond line\nbad \xff\xfe line\n")
+    result = run_cli(fleet, "submit", str(path))
+    assert result.returncode == 2
+    assert "line 3" in result.stderr and "UTF-8" in result.stderr
+
+
+def test_a_chunk_that_keeps_failing_fails_its_job_and_the_fleet_goes_on(
+    fleet: Fleet, client: EmbeddingClient
+) -> None:
+    """A malformed chunk (as an old or buggy producer might send) is retried, then fails the job."""
+    model = client.model()
+    job_id = uuid.uuid4().hex
+    record = JobRecord(id=job_id, total=2, fingerprint=model.fingerprint, dims=model.dims, chunks=1,
+                       created=time.time())
+    client.redis.hset(keys.job_key(job_id), mapping=record.to_redis())
+    bad_texts: list[object] = [12345, "fine"]
+    digests = [digest_for(model.fingerprint, str(text)) for text in bad_texts]
+    message = ChunkMessage(job_id, 0, model.fingerprint, bad_texts, digests, [1, 1])  # type: ignore[arg-type]
+    client.celery.send_task(EMBED_TASK, kwargs=message.to_kwargs(), queue=fleet.settings.queue)
+    final = client.job(job_id).wait(timeout=JOB_TIMEOUT_S)
+    assert final.state.value == "failed" and final.failed == 2
+    assert "failed 3 times" in final.error and "TypeError" in final.error
+    assert client.redis.hget(keys.job_attempts_key(job_id), "0") == b"3"
+    with pytest.raises(JobFailedError, match="failed 3 times"):
+        client.job(job_id).result()
+    assert client.embed(unique_texts(20), timeout=JOB_TIMEOUT_S).shape == (20, 384)
+
+
+def test_a_pool_child_killed_mid_job_loses_nothing_and_counts_exactly(
+    fleet: Fleet, client: EmbeddingClient
+) -> None:
+    """SIGKILL a real pool child: its chunk is redelivered (reject on worker lost), counted once."""
+    texts = unique_texts(400)
+    job = client.submit(texts)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while job.status().done == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(fleet.children()[0], signal.SIGKILL)
+    record = job.wait(timeout=JOB_TIMEOUT_S)
+    assert (record.state.value, record.done, record.failed) == ("done", 400, 0)
+    assert client.redis.scard(keys.job_chunks_done_key(job.id)) == record.chunks
+    assert job.result().shape == (400, 384)
+    assert client.embed(unique_texts(10), timeout=JOB_TIMEOUT_S).shape == (10, 384)
+
+
+def run_cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "EMBED_BROKER_URL": fleet.settings.broker_url,
+        "EMBED_CACHE_URL": fleet.settings.cache_url,
+    }
+    command = [sys.executable, "-m", "producer", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)

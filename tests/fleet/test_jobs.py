@@ -1,0 +1,138 @@
+"""End-to-end jobs through real Redis and real prefork workers running the static-INT8 artifact."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contract import keys
+from contract.settings import FleetSettings
+from producer import EmbeddingClient
+from producer.local_redis import RedisServer
+from tests.conftest import SENTENCES
+from tests.fleet.conftest import Fleet
+from worker.engine import EmbeddingEngine
+
+pytestmark = pytest.mark.fleet
+JOB_TIMEOUT_S = 120.0
+
+
+def unique_texts(count: int) -> list[str]:
+    """Fresh texts per test, so no test sees another's cache entries."""
+    tag = uuid.uuid4().hex[:8]
+    return [f"{SENTENCES[i % len(SENTENCES)]} (sample {i} of run {tag})" for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def engine(static_artifact: Path) -> EmbeddingEngine:
+    return EmbeddingEngine(static_artifact, FleetSettings(intra_op_threads=1))
+
+
+def test_job_returns_vectors_in_input_order_equal_to_the_engine(
+    client: EmbeddingClient, engine: EmbeddingEngine
+) -> None:
+    texts = unique_texts(50)
+    job = client.submit(texts)
+    record = job.wait(timeout=JOB_TIMEOUT_S)
+    vectors = job.result()
+    expected = engine.embed(texts).vectors
+    assert record.state.value == "done"
+    assert (record.total, record.done, record.failed) == (50, 50, 0)
+    assert vectors.shape == (50, engine.dims) and vectors.dtype == np.float32
+    assert np.min(np.sum(vectors * expected, axis=1)) >= 0.9999
+
+
+def test_resubmitting_the_same_texts_executes_no_task(client: EmbeddingClient) -> None:
+    texts = unique_texts(40)
+    first = client.embed(texts, timeout=JOB_TIMEOUT_S)
+    again = client.submit(texts)
+    record = again.status()
+    assert record.chunks == 0 and record.state.value == "done" and record.done == 40
+    np.testing.assert_array_equal(again.result(), first)
+
+
+def test_identical_texts_in_one_job_are_embedded_once(client: EmbeddingClient) -> None:
+    base = unique_texts(5)
+    texts = base * 4
+    job = client.submit(texts)
+    record = job.wait(timeout=JOB_TIMEOUT_S)
+    vectors = job.result()
+    assert record.chunks == 1 and record.done == 20
+    np.testing.assert_array_equal(vectors[:5], vectors[15:])
+
+
+def test_a_chunk_delivered_twice_counts_once(fleet: Fleet, client: EmbeddingClient) -> None:
+    texts = unique_texts(40)
+    job = client.submit(texts)
+    job.wait(timeout=JOB_TIMEOUT_S)
+    model = client.model()
+    # Redeliver chunk 0 exactly as the producer sent it, as Redis does after a visibility timeout.
+    from contract.celery_config import EMBED_TASK
+    from contract.jobs import ChunkMessage
+    from producer.planning import plan_job
+
+    plan = plan_job(texts, model.fingerprint)
+    size = fleet.settings.chunk_size
+    message = ChunkMessage(job.id, 0, model.fingerprint, plan.unique_texts[:size],
+                           plan.unique_digests[:size], plan.counts[:size])
+    client.celery.send_task(EMBED_TASK, kwargs=message.to_kwargs(), queue=fleet.settings.queue)
+    attempts_key = keys.job_attempts_key(job.id)
+    _wait_for(lambda: client.redis.hget(attempts_key, "0") == b"2")
+    _wait_for(lambda: client.redis.scard(keys.job_chunks_done_key(job.id)) == 3)
+    record = job.status()
+    assert (record.done, record.failed, record.state.value) == (40, 0, "done")
+
+
+def test_two_jobs_at_once(fleet: Fleet) -> None:
+    texts = [unique_texts(60), unique_texts(45)]
+    results: dict[int, np.ndarray] = {}
+
+    def run(index: int) -> None:
+        with fleet.client() as own:
+            results[index] = own.embed(texts[index], timeout=JOB_TIMEOUT_S)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOB_TIMEOUT_S)
+    assert results[0].shape == (60, 384) and results[1].shape == (45, 384)
+    assert not np.allclose(results[0][:45], results[1])
+
+
+def test_broker_and_cache_live_on_two_redis_servers(
+    client: EmbeddingClient, broker_server: RedisServer, cache_server: RedisServer
+) -> None:
+    texts = unique_texts(10)
+    client.embed(texts, timeout=JOB_TIMEOUT_S)
+    fingerprint = client.model().fingerprint
+    pattern = keys.vector_key(fingerprint, "*")
+    assert broker_server.url != cache_server.url
+    assert len(list(cache_server.client().scan_iter(pattern))) >= 10
+    assert list(broker_server.client().scan_iter(pattern)) == []
+    assert list(broker_server.client().scan_iter("_kombu.binding.*"))
+
+
+def test_wait_times_out_with_a_clear_error_and_the_job_goes_on(client: EmbeddingClient) -> None:
+    from producer.errors import JobTimeoutError
+
+    job = client.submit(unique_texts(200))
+    with pytest.raises(JobTimeoutError, match="re-attach"):
+        job.wait(timeout=0.01)
+    record = client.job(job.id).wait(timeout=JOB_TIMEOUT_S, progress=True)
+    assert record.done == 200
+
+
+def _wait_for(condition: object, timeout_s: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,25 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.batching import TokenBudgetBatcher
+
+
+@given(st.lists(st.integers(min_value=0, max_value=300), max_size=200))
+def test_every_index_once_and_each_batch_under_budget(lengths: list[int]) -> None:
+    batcher = TokenBudgetBatcher(token_budget=1024, max_batch_size=16)
+    batches = list(batcher.batches(lengths))
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 16
+        longest = max(max(lengths[i] for i in batch), 1)
+        assert len(batch) == 1 or len(batch) * longest <= 1024
+
+
+def test_batches_are_length_sorted_to_limit_padding() -> None:
+    batches = list(TokenBudgetBatcher(token_budget=99, max_batch_size=2).batches([50, 3, 40, 2]))
+    assert batches == [[3, 1], [2], [0]]
+
+
+def test_a_sequence_longer_than_the_budget_still_gets_its_own_batch() -> None:
+    assert list(TokenBudgetBatcher(token_budget=10, max_batch_size=8).batches([5, 50])) == [[0], [1]]

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+
+from producer.errors import InvalidTextError, JobTooLargeError
+from producer.inputs import read_texts
+from producer.planning import chunk_ranges, plan_job, validate_texts
+
+
+def test_identical_texts_are_planned_once_with_their_count() -> None:
+    plan = plan_job(["a", "b", "a", "a"], "fp")
+    assert plan.unique_texts == ["a", "b"] and plan.counts == [3, 1]
+    assert plan.digests[0] == plan.digests[2] == plan.unique_digests[0]
+
+
+def test_validation_names_the_bad_position_and_the_limit() -> None:
+    with pytest.raises(InvalidTextError, match="position 1 is NoneType"):
+        validate_texts(["ok", None], 10)
+    with pytest.raises(InvalidTextError, match="not valid Unicode"):
+        validate_texts(["ok", "bad \udcff"], 10)
+    with pytest.raises(JobTooLargeError, match="limit of 2"):
+        validate_texts(["a", "b", "c"], 2)
+    with pytest.raises(InvalidTextError, match="not one string"):
+        validate_texts("a single string", 10)
+
+
+def test_chunk_ranges_cover_everything_once() -> None:
+    assert chunk_ranges(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert chunk_ranges(0, 2) == []
+
+
+def test_read_texts_lines_and_jsonl(tmp_path: Path) -> None:
+    lines = tmp_path / "t.txt"
+    lines.write_text("one\n\nthree\n")
+    assert read_texts(lines) == ["one", "", "three"]
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"text": "x"}\n\n{"text": "y", "id": 2}\n')
+    assert read_texts(jsonl) == ["x", "y"]
+    jsonl.write_text('{"text": "x"}\n{"body": "y"}\n')
+    with pytest.raises(InvalidTextError, match="line 2 .* no string field 'text'"):
+        read_texts(jsonl)

@@ -1,0 +1,114 @@
+"""The inference engine a worker process holds: one ONNX Runtime session, reused for every chunk."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from contract.codec import Matrix
+from contract.manifest import TOKENIZER_FILE, Manifest, OrtSession, load_manifest
+from contract.settings import FleetSettings, get_settings
+from worker.batching import TokenBudgetBatcher
+from worker.pooling import l2_normalize, mean_pool
+from worker.tokenization import TextTokenizer, TokenBatch
+
+log = logging.getLogger(__name__)
+
+OPT_LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+WARMUP_TEXTS = ("warm up the session", "a slightly longer sentence to warm up a second shape")
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: Matrix
+    truncated: list[bool]
+
+
+def session_options(spec: OrtSession, threads: int) -> ort.SessionOptions:
+    """Options every consumer of the artifact applies: its graph level, bounded threads, no spinning."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPT_LEVELS[spec.graph_optimization_level]
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle prefork children must not burn CPU; each batch shape would also grow the memory patterns.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_mem_pattern = False
+    return options
+
+
+def open_session(
+    model_path: Path, spec: OrtSession, threads: int, providers: Sequence[str]
+) -> ort.InferenceSession:
+    available = set(ort.get_available_providers())
+    chosen = [name for name in providers if name in available] or ["CPUExecutionProvider"]
+    if list(chosen) != list(providers):
+        log.warning("providers %s not all available (have %s); using %s", providers, available, chosen)
+    return ort.InferenceSession(
+        str(model_path),
+        sess_options=session_options(spec, threads),
+        providers=chosen,
+        disabled_optimizers=spec.disabled_optimizers or None,
+    )
+
+
+class EmbeddingEngine:
+    """Tokenise, batch by length, run, mean-pool, normalise; vectors come back in input order."""
+
+    def __init__(self, model_dir: Path, settings: FleetSettings | None = None) -> None:
+        settings = settings or get_settings()
+        self.model_dir = Path(model_dir)
+        self.manifest: Manifest = load_manifest(self.model_dir)
+        self.threads = settings.threads_per_process()
+        self.session = open_session(
+            self.model_dir / self.manifest.file,
+            self.manifest.ort_session,
+            self.threads,
+            settings.providers,
+        )
+        self._input_names = {node.name for node in self.session.get_inputs()}
+        self.tokenizer = TextTokenizer(
+            self.model_dir / TOKENIZER_FILE, self.manifest.max_seq_length, settings.max_text_chars
+        )
+        self.batcher = TokenBudgetBatcher(settings.token_budget, settings.max_batch_size)
+
+    @property
+    def dims(self) -> int:
+        return self.manifest.dims
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    def warm_up(self) -> None:
+        self.embed(list(WARMUP_TEXTS))
+
+    def embed(self, texts: Sequence[str]) -> EmbedResult:
+        vectors = np.zeros((len(texts), self.dims), dtype=np.float32)
+        if not texts:
+            return EmbedResult(vectors, [])
+        encodings, truncated = self.tokenizer.encode(texts)
+        for batch in self.batcher.batches([len(encoding.ids) for encoding in encodings]):
+            tokens = self.tokenizer.pad([encodings[i] for i in batch])
+            vectors[batch] = self._run(tokens)
+        return EmbedResult(vectors, truncated)
+
+    def _run(self, tokens: TokenBatch) -> Matrix:
+        feeds = {
+            "input_ids": tokens.input_ids,
+            "attention_mask": tokens.attention_mask,
+            "token_type_ids": tokens.token_type_ids,
+        }
+        (output,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self._input_names})[:1]
+        pooled = mean_pool(output, tokens.attention_mask) if output.ndim == 3 else output
+        return l2_normalize(pooled) if self.manifest.normalize else pooled.astype(np.float32)
