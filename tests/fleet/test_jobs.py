@@ -12,9 +12,9 @@ import pytest
 from contract import keys
 from contract.settings import FleetSettings
 from producer import EmbeddingClient
+from producer.local_fleet import LocalFleet
 from producer.local_redis import RedisServer
 from tests.conftest import SENTENCES
-from tests.fleet.conftest import Fleet
 from worker.engine import EmbeddingEngine
 
 pytestmark = pytest.mark.fleet
@@ -65,7 +65,7 @@ def test_identical_texts_in_one_job_are_embedded_once(client: EmbeddingClient) -
     np.testing.assert_array_equal(vectors[:5], vectors[15:])
 
 
-def test_a_chunk_delivered_twice_counts_once(fleet: Fleet, client: EmbeddingClient) -> None:
+def test_a_chunk_delivered_twice_counts_once(fleet: LocalFleet, client: EmbeddingClient) -> None:
     texts = unique_texts(40)
     job = client.submit(texts)
     job.wait(timeout=JOB_TIMEOUT_S)
@@ -77,8 +77,9 @@ def test_a_chunk_delivered_twice_counts_once(fleet: Fleet, client: EmbeddingClie
 
     plan = plan_job(texts, model.fingerprint)
     size = fleet.settings.chunk_size
-    message = ChunkMessage(job.id, 0, model.fingerprint, plan.unique_texts[:size],
-                           plan.unique_digests[:size], plan.counts[:size])
+    message = ChunkMessage(
+        job.id, 0, model.fingerprint, plan.unique_texts[:size], plan.unique_digests[:size], plan.counts[:size]
+    )
     client.celery.send_task(EMBED_TASK, kwargs=message.to_kwargs(), queue=fleet.settings.queue)
     attempts_key = keys.job_attempts_key(job.id)
     _wait_for(lambda: client.redis.hget(attempts_key, "0") == b"2")
@@ -87,7 +88,7 @@ def test_a_chunk_delivered_twice_counts_once(fleet: Fleet, client: EmbeddingClie
     assert (record.done, record.failed, record.state.value) == (40, 0, "done")
 
 
-def test_two_jobs_at_once(fleet: Fleet) -> None:
+def test_two_jobs_at_once(fleet: LocalFleet) -> None:
     texts = [unique_texts(60), unique_texts(45)]
     results: dict[int, np.ndarray] = {}
 

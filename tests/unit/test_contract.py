@@ -29,8 +29,9 @@ def test_a_vector_of_the_wrong_size_is_refused() -> None:
 
 
 def test_job_record_round_trips_through_a_redis_hash() -> None:
-    record = JobRecord(id="j", total=5, fingerprint="fp", dims=384, done=3, state=JobState.FAILED,
-                       error="boom", created=1.5)
+    record = JobRecord(
+        id="j", total=5, fingerprint="fp", dims=384, done=3, state=JobState.FAILED, error="boom", created=1.5
+    )
     raw = {key.encode(): str(value).encode() for key, value in record.to_redis().items()}  # type: ignore[union-attr]
     assert JobRecord.from_redis(raw) == record
 

@@ -37,5 +37,5 @@ def test_read_texts_lines_and_jsonl(tmp_path: Path) -> None:
     jsonl.write_text('{"text": "x"}\n\n{"text": "y", "id": 2}\n')
     assert read_texts(jsonl) == ["x", "y"]
     jsonl.write_text('{"text": "x"}\n{"body": "y"}\n')
-    with pytest.raises(InvalidTextError, match="line 2 .* no string field 'text'"):
+    with pytest.raises(InvalidTextError, match=r"line 2 .* no string field 'text'"):
         read_texts(jsonl)
