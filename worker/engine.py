@@ -62,33 +62,44 @@ def open_session(
     )
 
 
-class EmbeddingEngine:
-    """Tokenise, batch by length, run, mean-pool, normalise; vectors come back in input order."""
+class SentenceEncoder:
+    """Tokenise, batch by length, run, mean-pool, normalise; vectors come back in input order.
 
-    def __init__(self, model_dir: Path, settings: FleetSettings | None = None) -> None:
+    Works on any ONNX file of the model (the build's checks use it on intermediate files);
+    `EmbeddingEngine` is the same thing opened from a verified artifact.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        tokenizer: TextTokenizer,
+        batcher: TokenBudgetBatcher,
+        normalize: bool,
+    ) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.batcher = batcher
+        self.normalize = normalize
+        self._input_names = {node.name for node in session.get_inputs()}
+        self._output_name = session.get_outputs()[0].name
+        self.dims = int(session.get_outputs()[0].shape[-1])
+
+    @classmethod
+    def open(
+        cls,
+        model_path: Path,
+        tokenizer_file: Path,
+        max_seq_length: int,
+        normalize: bool = True,
+        ort_session: OrtSession | None = None,
+        settings: FleetSettings | None = None,
+    ) -> SentenceEncoder:
         settings = settings or get_settings()
-        self.model_dir = Path(model_dir)
-        self.manifest: Manifest = load_manifest(self.model_dir)
-        self.threads = settings.threads_per_process()
-        self.session = open_session(
-            self.model_dir / self.manifest.file,
-            self.manifest.ort_session,
-            self.threads,
-            settings.providers,
+        session = open_session(
+            model_path, ort_session or OrtSession(), settings.threads_per_process(), settings.providers
         )
-        self._input_names = {node.name for node in self.session.get_inputs()}
-        self.tokenizer = TextTokenizer(
-            self.model_dir / TOKENIZER_FILE, self.manifest.max_seq_length, settings.max_text_chars
-        )
-        self.batcher = TokenBudgetBatcher(settings.token_budget, settings.max_batch_size)
-
-    @property
-    def dims(self) -> int:
-        return self.manifest.dims
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest.fingerprint
+        tokenizer = TextTokenizer(tokenizer_file, max_seq_length, settings.max_text_chars)
+        return cls(session, tokenizer, batcher_for(settings), normalize)
 
     def warm_up(self) -> None:
         self.embed(list(WARMUP_TEXTS))
@@ -109,6 +120,35 @@ class EmbeddingEngine:
             "attention_mask": tokens.attention_mask,
             "token_type_ids": tokens.token_type_ids,
         }
-        (output,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self._input_names})[:1]
+        inputs = {name: value for name, value in feeds.items() if name in self._input_names}
+        (output,) = self.session.run([self._output_name], inputs)
         pooled = mean_pool(output, tokens.attention_mask) if output.ndim == 3 else output
-        return l2_normalize(pooled) if self.manifest.normalize else pooled.astype(np.float32)
+        return l2_normalize(pooled) if self.normalize else pooled.astype(np.float32)
+
+
+class EmbeddingEngine(SentenceEncoder):
+    """The encoder of a verified artifact: what each worker process opens once and keeps."""
+
+    def __init__(self, model_dir: Path, settings: FleetSettings | None = None) -> None:
+        settings = settings or get_settings()
+        self.model_dir = Path(model_dir)
+        self.manifest: Manifest = load_manifest(self.model_dir)
+        self.threads = settings.threads_per_process()
+        session = open_session(
+            self.model_dir / self.manifest.file,
+            self.manifest.ort_session,
+            self.threads,
+            settings.providers,
+        )
+        tokenizer = TextTokenizer(
+            self.model_dir / TOKENIZER_FILE, self.manifest.max_seq_length, settings.max_text_chars
+        )
+        super().__init__(session, tokenizer, batcher_for(settings), self.manifest.normalize)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+
+def batcher_for(settings: FleetSettings) -> TokenBudgetBatcher:
+    return TokenBudgetBatcher(settings.token_budget, settings.max_batch_size)
