@@ -1,0 +1,1 @@
+"""Build a deployable ONNX embedding artifact (export, optimise, quantise, check, manifest)."""
