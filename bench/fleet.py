@@ -114,6 +114,7 @@ def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdi
         )
         fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
         fleet.start()
+        before = [rss_kib(pid) // KIB for pid in fleet.children()]
         for chunk_size in chunk_sizes:
             with fleet.client(chunk_size=chunk_size) as client:
                 drop_vectors(fleet, client.model().fingerprint)
@@ -125,8 +126,8 @@ def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdi
                 rows.append(
                     Row(f"fleet, same texts again (all cache hits), chunk {chunk_size}", warm, len(texts))
                 )
-        rss = [rss_kib(pid) // KIB for pid in fleet.children()]
-        rows[-1].note = f"pool children RSS after the jobs: {', '.join(f'{mib} MiB' for mib in rss)}"
+        after = [rss_kib(pid) // KIB for pid in fleet.children()]
+        rows[-1].note = f"pool children RSS (MiB) after warm-up: {before}; after all the jobs above: {after}"
     return rows
 
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from contract import keys
+from contract.celery_config import EMBED_TASK
+from contract.jobs import ChunkMessage
 from contract.settings import FleetSettings
 from producer import EmbeddingClient
+from producer.errors import JobTimeoutError
 from producer.local_fleet import LocalFleet
 from producer.local_redis import RedisServer
+from producer.planning import plan_job
 from tests.conftest import SENTENCES
 from worker.engine import EmbeddingEngine
 
@@ -71,10 +77,6 @@ def test_a_chunk_delivered_twice_counts_once(fleet: LocalFleet, client: Embeddin
     job.wait(timeout=JOB_TIMEOUT_S)
     model = client.model()
     # Redeliver chunk 0 exactly as the producer sent it, as Redis does after a visibility timeout.
-    from contract.celery_config import EMBED_TASK
-    from contract.jobs import ChunkMessage
-    from producer.planning import plan_job
-
     plan = plan_job(texts, model.fingerprint)
     size = fleet.settings.chunk_size
     message = ChunkMessage(
@@ -119,8 +121,6 @@ def test_broker_and_cache_live_on_two_redis_servers(
 
 
 def test_wait_times_out_with_a_clear_error_and_the_job_goes_on(client: EmbeddingClient) -> None:
-    from producer.errors import JobTimeoutError
-
     job = client.submit(unique_texts(200))
     with pytest.raises(JobTimeoutError, match="re-attach"):
         job.wait(timeout=0.01)
@@ -128,12 +128,10 @@ def test_wait_times_out_with_a_clear_error_and_the_job_goes_on(client: Embedding
     assert record.done == 200
 
 
-def _wait_for(condition: object, timeout_s: float = 30.0) -> None:
-    import time
-
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")

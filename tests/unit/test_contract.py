@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
+from contract.celery_config import celery_config
 from contract.codec import VectorCodecError, decode_vectors, encode_vector
 from contract.digest import digest_for
 from contract.jobs import JobRecord, JobState, pack_digests, unpack_digests
-from contract.settings import FleetSettings
+from contract.settings import FleetSettings, usable_cpus
 
 
 def test_digest_depends_on_text_and_fingerprint() -> None:
@@ -49,8 +50,6 @@ def test_cache_url_defaults_to_the_broker(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_processes_times_threads_never_exceed_the_cpus() -> None:
-    from contract.settings import usable_cpus
-
     for processes in (1, 2, 3, 8):
         settings = FleetSettings(worker_concurrency=processes)
         assert settings.threads_per_process() * min(processes, usable_cpus()) <= max(usable_cpus(), processes)
@@ -58,8 +57,6 @@ def test_processes_times_threads_never_exceed_the_cpus() -> None:
 
 
 def test_celery_config_refuses_pickle_and_a_short_visibility_timeout() -> None:
-    from contract.celery_config import celery_config
-
     config = celery_config(FleetSettings())
     assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
