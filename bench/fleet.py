@@ -176,6 +176,7 @@ def main() -> None:
     report = f"{header}\n\n{table}\n\n{summary}\n"
     print(report)
     if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(report)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import spearmanr
 
-HEADER = ("sentence1", "sentence2", "score")
+from modelbuild.accuracy import read_stsb
+
 SPEARMAN_SCALE = 100.0
 
 Matrix = npt.NDArray[np.float32]
@@ -37,16 +37,9 @@ class StsPairs:
 
 
 def load_pairs(path: Path) -> StsPairs:
-    """Read the CSV, with or without a header row naming sentence1, sentence2, score."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.reader(handle) if row]
-    if rows and tuple(cell.strip().lower() for cell in rows[0][:3]) == HEADER:
-        rows = rows[1:]
-    return StsPairs(
-        first=[row[0] for row in rows],
-        second=[row[1] for row in rows],
-        gold=np.array([float(row[2]) for row in rows], dtype=np.float64),
-    )
+    """The pairs as modelbuild reads them (one CSV parser for the build check and the benchmarks)."""
+    pairs = read_stsb(path)
+    return StsPairs(pairs.first, pairs.second, np.array(pairs.scores, dtype=np.float64))
 
 
 def spearman_x100(pairs: StsPairs, vectors: dict[str, npt.NDArray[np.float32]]) -> float:

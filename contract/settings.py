@@ -42,7 +42,7 @@ class FleetSettings(BaseSettings):
     model_fingerprint: str = Field("", description="pin the fingerprint instead of asking the fleet")
     model_dims: int = Field(0, ge=0, description="with model_fingerprint: the vector size")
 
-    chunk_size: int = Field(64, gt=0, description="texts per Celery task")
+    chunk_size: int = Field(256, gt=0, description="distinct texts per Celery task")
     max_job_texts: int = Field(100_000, gt=0, description="texts per submitted job")
     max_text_chars: int = Field(
         8_192, gt=0, description="characters kept before tokenising (tokenisation is superlinear)"

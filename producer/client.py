@@ -69,7 +69,8 @@ class EmbeddingClient:
         model = self.model()
         plan = plan_job(texts, model.fingerprint)
         hits = self.cache.touch(model.fingerprint, plan.unique_digests)
-        misses = [i for i, hit in enumerate(hits) if not hit]
+        # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
+        misses = sorted((i for i, hit in enumerate(hits) if not hit), key=lambda i: len(plan.unique_texts[i]))
         chunks = chunk_ranges(len(misses), self.settings.chunk_size)
         record = JobRecord(
             id=uuid.uuid4().hex,
