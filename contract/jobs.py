@@ -44,12 +44,7 @@ class JobRecord:
     @classmethod
     def from_redis(cls, raw: Mapping[bytes | str, bytes | str]) -> JobRecord:
         data = {_str(key): _str(value) for key, value in raw.items()}
-        kwargs: dict[str, object] = {}
-        for spec in fields(cls):
-            if spec.name not in data:
-                continue
-            value = data[spec.name]
-            kwargs[spec.name] = _parse(spec.type, value)
+        kwargs = {spec.name: _parse(spec.type, data[spec.name]) for spec in fields(cls) if spec.name in data}
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
@@ -87,6 +82,9 @@ def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+FIELD_TYPES: dict[object, type] = {"int": int, "float": float, "str": str, "JobState": JobState}
+
+
 def _parse(annotation: object, value: str) -> object:
-    kinds: dict[object, type] = {"int": int, "float": float, "str": str, "JobState": JobState}
-    return kinds.get(annotation, str)(value)
+    """Field annotations are strings here (postponed evaluation); Redis gives every value as text."""
+    return FIELD_TYPES.get(annotation, str)(value)
