@@ -12,7 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 STATIC_DIR = Path(os.environ.get("EMBED_MODEL_DIR", ROOT / "artifacts" / "all-MiniLM-L6-v2"))
 FP32_DIR = ROOT / "artifacts" / "all-MiniLM-L6-v2-fp32"
-STSB_DEV = ROOT.parent / "shared" / "data" / "stsb" / "stsb-en-dev.csv"
 
 SENTENCES = [
     "A man is playing a guitar.",
