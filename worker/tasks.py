@@ -26,9 +26,7 @@ def embed_chunk(self: Task, **fields: object) -> int:
     limit = runtime.settings.max_chunk_attempts
     if attempts > limit:
         last = runtime.progress.last_error(message) or "its worker process died (killed or out of memory)"
-        return runtime.progress.complete(
-            message, 0, error=f"chunk {message.chunk} failed {limit} times; last error: {last}"
-        )
+        return give_up(runtime, message, last)
     try:
         return embed_message(runtime, message)
     except FingerprintMismatch as exc:
@@ -45,10 +43,15 @@ def embed_chunk(self: Task, **fields: object) -> int:
         )
         runtime.progress.record_error(message, error)
         if attempts >= limit:
-            return runtime.progress.complete(
-                message, 0, error=f"chunk {message.chunk} failed {limit} times; last error: {error}"
-            )
+            return give_up(runtime, message, error)
         raise self.retry(exc=exc, countdown=runtime.settings.retry_delay_s, max_retries=limit) from exc
+
+
+def give_up(runtime: ProcessRuntime, message: ChunkMessage, last_error: str) -> int:
+    """Count the chunk as failed, so its job ends instead of waiting forever."""
+    limit = runtime.settings.max_chunk_attempts
+    error = f"chunk {message.chunk} failed {limit} times; last error: {last_error}"
+    return runtime.progress.complete(message, 0, error=error)
 
 
 def embed_message(runtime: ProcessRuntime, message: ChunkMessage) -> int:
