@@ -118,7 +118,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache of built ONNX files")
     add("--stsb", type=Path, default=DEFAULT_STSB, help="STS-B dev CSV (timed text and accuracy)")
     add("--n", type=int, default=DEFAULT_N, help="unique dev sentences per timed pass")
-    add("--repeats", type=int, default=DEFAULT_REPEATS, help="interleaved timed rounds")
+    add("--repeats", type=int, default=DEFAULT_REPEATS, help="interleaved timed rounds (0: accuracy only)")
     add("--stat", choices=sorted(STATS), default="median", help="statistic over the rounds")
     add("--threads", type=int, default=DEFAULT_THREADS, help="intra-op threads (ORT and PyTorch)")
     add("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -365,6 +365,8 @@ def run(args: argparse.Namespace, variants: list[Variant], texts: list[str]) -> 
     encoders = {v.name: open_encoder(source, v, paths[v.name], settings) for v in variants}
     reference = next(v.name for v in variants if v.kind == REFERENCE_KIND)
     results = measure_accuracy(encoders, reference, head_pairs(read_stsb(args.stsb), args.accuracy_pairs))
+    if args.repeats == 0:  # accuracy screen only
+        return results
     encode: dict[str, Encode] = {name: _vectors_of(encoder) for name, encoder in encoders.items()}
     if args.torch:
         encode[TORCH] = torch_encode(source, args.threads, args.batch_size)

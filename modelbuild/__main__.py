@@ -6,8 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from contract.cpu_features import cpu_flags, exact_fast_weight_type
 from modelbuild.build import QUANT_FORMATS, BuildRequest, build
 from modelbuild.evaluate import evaluate
+from modelbuild.quantize import WEIGHT_TYPES, StaticRecipe
+
+AUTO_WEIGHTS = "auto"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
         help="calibration text, one sentence per line (default: modelbuild/data/calibration.txt)",
     )
     b.add_argument("--quant", choices=QUANT_FORMATS, default="static-int8")
+    b.add_argument(
+        "--weights",
+        choices=(AUTO_WEIGHTS, *WEIGHT_TYPES),
+        default=AUTO_WEIGHTS,
+        help="static-int8 weight type: int8 for VNNI/AMX hosts, uint8 for AVX2 hosts "
+        "(default: what this host has; build for the CPUs your workers run on)",
+    )
     e = commands.add_parser("eval", help="print the STS-B Spearman x100 of an artifact (last line)")
     e.add_argument("artifact", type=Path)
     e.add_argument("--stsb", type=Path, required=True, help="CSV: sentence1, sentence2, score")
@@ -36,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
-        manifest = build(BuildRequest(args.out, args.source, args.calibration, args.quant))
+        weights = exact_fast_weight_type(cpu_flags()) if args.weights == AUTO_WEIGHTS else args.weights
+        request = BuildRequest(
+            args.out, args.source, args.calibration, args.quant, StaticRecipe.for_weights(weights)
+        )
+        manifest = build(request)
         print(f"wrote {args.out} ({manifest.quantization.format}, accuracy {manifest.accuracy})")
         return 0
     print(f"{evaluate(args.artifact, args.stsb, args.threads):.2f}")

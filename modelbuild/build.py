@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from contract.cpu_features import cpu_flags
 from contract.manifest import (
     MANIFEST_FILE,
     TOKENIZER_FILE,
@@ -44,7 +45,7 @@ class BuildRequest:
     source_dir: Path | None = None
     calibration_file: Path | None = None
     quant: str = "static-int8"
-    recipe: quantize.StaticRecipe = field(default_factory=quantize.StaticRecipe)
+    recipe: quantize.StaticRecipe = field(default_factory=lambda: quantize.StaticRecipe.for_cpu(cpu_flags()))
 
 
 def _quantizer(request: BuildRequest, source: SourceModel) -> Callable[[Path, Path], Path]:

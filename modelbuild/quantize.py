@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,10 @@ from onnxruntime.quantization import (
 )
 from tokenizers import Tokenizer
 
-from modelbuild import roles, smoothquant
+from contract.cpu_features import VNNI_WEIGHTS, exact_fast_weight_type
+from modelbuild import outlier_split, roles, smoothquant
 from modelbuild.calibration import TextCalibrationReader, iter_feeds
+from modelbuild.optimize import infer_shapes
 
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 # SmoothQuant where the outliers are: LayerNorm outputs feeding QKV and FFN1. The recipe can also
@@ -27,10 +29,12 @@ SMOOTH_LAYERNORM = ("LayerNormalization",)
 SMOOTH_ALL_INPUTS = ("LayerNormalization", "MultiHeadAttention", "FastGelu")
 SMOOTH_ALPHA = 0.75
 CALIBRATION_SENTENCES = 400
-# FFN down-projections read post-GELU activations whose largest values sit on [CLS]/[SEP]; in
-# int8 they cost the most fidelity (short texts fell to cosine 0.93-0.97). On this AVX2 host
-# they ran no slower in fp32 than in U8U8, so they stay fp32 (see docs/quantization.md).
+# FFN down-projections read post-GELU activations with one or two huge channels on [CLS]/[SEP];
+# in plain int8 they cost the most fidelity (short texts fell to cosine 0.93-0.97). On AVX2 hosts
+# they ran no slower in fp32 than in U8U8, so all six stay fp32 there. On VNNI hosts int8 is much
+# faster: there the outlier channels alone go to a small fp32 MatMul (outlier_split.py).
 KEEP_FP32 = ("ffn2",)
+SPLIT_OUTLIERS_VNNI = 2.0
 # Without it the model carries no types for com.microsoft outputs and quantisers give up on them.
 FLOAT_DEFAULT = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 
@@ -39,8 +43,9 @@ FLOAT_DEFAULT = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 class StaticRecipe:
     """The static int8 recipe; every field lands in the manifest's quantization.settings.
 
-    uint8 weights (U8U8) by default: on AVX2 hosts without VNNI, ORT's U8S8 kernel sums pairs of
-    u8*s8 products in int16 (vpmaddubsw) and saturates; U8U8 widens first and stays exact.
+    The dataclass defaults are the AVX2 recipe (uint8 weights, U8U8): there ORT's U8S8 kernel sums
+    pairs of u8*s8 products in int16 (vpmaddubsw) and saturates; U8U8 widens first and stays exact.
+    With VNNI, U8S8 is exact and 2x faster than U8U8: `for_cpu` picks per host.
     """
 
     weight_type: str = "uint8"
@@ -50,6 +55,21 @@ class StaticRecipe:
     smooth_ops: tuple[str, ...] = SMOOTH_LAYERNORM
     calibration_sentences: int = CALIBRATION_SENTENCES
     keep_fp32: tuple[str, ...] = KEEP_FP32  # roles.select patterns: "ffn2", "ffn2.5", "*.5"
+    split_outliers: float | None = None  # FFN2 input channels > this x p99 of maxima go fp32
+
+    @classmethod
+    def for_weights(cls, weight_type: str) -> StaticRecipe:
+        """The measured default for a fleet of VNNI hosts ("int8") or AVX2 hosts ("uint8")."""
+        if weight_type not in WEIGHT_TYPES:
+            raise ValueError(f"unknown weight type {weight_type!r}; choose from {sorted(WEIGHT_TYPES)}")
+        if weight_type == VNNI_WEIGHTS:
+            return cls(weight_type=weight_type, keep_fp32=(), split_outliers=SPLIT_OUTLIERS_VNNI)
+        return cls(weight_type=weight_type, keep_fp32=KEEP_FP32)
+
+    @classmethod
+    def for_cpu(cls, flags: Iterable[str]) -> StaticRecipe:
+        """The default for hosts like one with these CPU flags (see docs/quantization.md)."""
+        return cls.for_weights(exact_fast_weight_type(flags))
 
     def extra_options(self) -> dict[str, Any]:
         """Weights only in int8; MatMul outputs stay fp32 (an FFN channel reaches ~195)."""
@@ -83,6 +103,11 @@ def quantize_static_int8(
         feeds = iter_feeds(tokenizer, texts)
         model = smoothquant.smooth(model, feeds, recipe.smooth_alpha, recipe.smooth_ops)
     excluded = roles.select(roles.matmul_roles(model), recipe.keep_fp32)
+    if recipe.split_outliers is not None:
+        feeds = iter_feeds(tokenizer, texts)
+        model, splits = outlier_split.split_outliers(model, feeds, recipe.split_outliers, skip=excluded)
+        excluded += [split.matmul for split in splits]
+        model = infer_shapes(model)
     quantize_static(
         model,
         str(out_path),

@@ -49,6 +49,8 @@ def find_targets(model: onnx.ModelProto, source_ops: tuple[str, ...]) -> list[Sm
 
 def activation_amax(model: onnx.ModelProto, tensors: list[str], feeds: Iterable[Feeds]) -> dict[str, Array]:
     """Per-channel max |x| of each tensor over every token of the calibration feeds."""
+    if not tensors:  # session.run([]) would return every graph output instead
+        return {}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {out.name for out in probe.graph.output}

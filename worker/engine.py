@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.codec import Matrix
+from contract.cpu_features import AVX2_WEIGHTS, cpu_flags, exact_fast_weight_type
 from contract.manifest import TOKENIZER_FILE, Manifest, OrtSession, load_manifest
 from contract.settings import FleetSettings, get_settings
 from worker.batching import TokenBudgetBatcher
@@ -133,6 +134,9 @@ class EmbeddingEngine(SentenceEncoder):
         settings = settings or get_settings()
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir)
+        mismatch = weights_mismatch(self.manifest, cpu_flags())
+        if mismatch:
+            log.warning(mismatch)
         self.threads = settings.threads_per_process()
         session = open_session(
             self.model_dir / self.manifest.file,
@@ -148,6 +152,24 @@ class EmbeddingEngine(SentenceEncoder):
     @property
     def fingerprint(self) -> str:
         return self.manifest.fingerprint
+
+
+def weights_mismatch(manifest: Manifest, flags: Iterable[str]) -> str | None:
+    """Why this CPU serves the artifact less well than its build host did, or None."""
+    built_for = manifest.quantization.settings.get("weight_type")
+    if manifest.quantization.format != "static-int8" or built_for is None:
+        return None
+    best = exact_fast_weight_type(flags)
+    if built_for == best:
+        return None
+    if best == AVX2_WEIGHTS:
+        effect = "without VNNI its int8 weights saturate in int16 sums: vectors lose accuracy"
+    else:
+        effect = "this CPU has VNNI, where int8 weights are exact and about 2x faster"
+    return (
+        f"{manifest.name} was built with {built_for} weights; {effect}. Rebuild for these hosts with "
+        f"`python -m modelbuild build --weights {best} --out DIR`"
+    )
 
 
 def batcher_for(settings: FleetSettings) -> TokenBudgetBatcher:
