@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from contract.cpu_features import cpu_flags, exact_fast_weight_type
+from contract.cpu_features import cpu_flags
 from modelbuild.build import QUANT_FORMATS, BuildRequest, build
 from modelbuild.evaluate import evaluate
 from modelbuild.quantize import WEIGHT_TYPES, StaticRecipe
@@ -47,11 +47,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
-        weights = exact_fast_weight_type(cpu_flags()) if args.weights == AUTO_WEIGHTS else args.weights
-        request = BuildRequest(
-            args.out, args.source, args.calibration, args.quant, StaticRecipe.for_weights(weights)
-        )
-        manifest = build(request)
+        if args.weights == AUTO_WEIGHTS:
+            recipe = StaticRecipe.for_cpu(cpu_flags())
+        else:
+            recipe = StaticRecipe.for_weights(args.weights)
+        manifest = build(BuildRequest(args.out, args.source, args.calibration, args.quant, recipe))
         print(f"wrote {args.out} ({manifest.quantization.format}, accuracy {manifest.accuracy})")
         return 0
     print(f"{evaluate(args.artifact, args.stsb, args.threads):.2f}")

@@ -53,9 +53,10 @@ def split_outliers(
     splits = []
     for target in targets:
         channels = outlier_channels(amax[target.tensor], ratio)
+        if not channels:
+            continue
         for node in target.matmuls:
-            if channels:
-                splits.append(Split(_split(split_model, node, channels), tuple(channels)))
+            splits.append(Split(_split(split_model, node, channels), tuple(channels)))
     return split_model, splits
 
 
