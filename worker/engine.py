@@ -96,11 +96,8 @@ class SentenceEncoder:
         settings: FleetSettings | None = None,
     ) -> SentenceEncoder:
         settings = settings or get_settings()
-        session = open_session(
-            model_path, ort_session or OrtSession(), settings.threads_per_process(), settings.providers
-        )
-        tokenizer = TextTokenizer(tokenizer_file, max_seq_length, settings.max_text_chars)
-        return cls(session, tokenizer, batcher_for(settings), normalize)
+        parts = _open_parts(model_path, tokenizer_file, max_seq_length, ort_session or OrtSession(), settings)
+        return cls(*parts, normalize)
 
     def warm_up(self) -> None:
         self.embed(list(WARMUP_TEXTS))
@@ -138,16 +135,14 @@ class EmbeddingEngine(SentenceEncoder):
         if mismatch:
             log.warning(mismatch)
         self.threads = settings.threads_per_process()
-        session = open_session(
+        parts = _open_parts(
             self.model_dir / self.manifest.file,
+            self.model_dir / TOKENIZER_FILE,
+            self.manifest.max_seq_length,
             self.manifest.ort_session,
-            self.threads,
-            settings.providers,
+            settings,
         )
-        tokenizer = TextTokenizer(
-            self.model_dir / TOKENIZER_FILE, self.manifest.max_seq_length, settings.max_text_chars
-        )
-        super().__init__(session, tokenizer, batcher_for(settings), self.manifest.normalize)
+        super().__init__(*parts, self.manifest.normalize)
 
     @property
     def fingerprint(self) -> str:
@@ -172,5 +167,14 @@ def weights_mismatch(manifest: Manifest, flags: Iterable[str]) -> str | None:
     )
 
 
-def batcher_for(settings: FleetSettings) -> TokenBudgetBatcher:
-    return TokenBudgetBatcher(settings.token_budget, settings.max_batch_size)
+def _open_parts(
+    model_path: Path,
+    tokenizer_file: Path,
+    max_seq_length: int,
+    ort_session: OrtSession,
+    settings: FleetSettings,
+) -> tuple[ort.InferenceSession, TextTokenizer, TokenBudgetBatcher]:
+    """Session, tokenizer and batcher of an encoder, from the model's files and the settings."""
+    session = open_session(model_path, ort_session, settings.threads_per_process(), settings.providers)
+    tokenizer = TextTokenizer(tokenizer_file, max_seq_length, settings.max_text_chars)
+    return session, tokenizer, TokenBudgetBatcher(settings.token_budget, settings.max_batch_size)
