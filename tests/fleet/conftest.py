@@ -51,8 +51,8 @@ def fleet(
         }
     )
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with LocalFleet(settings, env, log).start() as fleet:
-        yield fleet
+    with LocalFleet(settings, env, log) as fleet:  # entered first: a failed start still stops the worker
+        yield fleet.start()
 
 
 @pytest.fixture
