@@ -19,10 +19,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from stsb import load_pairs
-
 from contract import keys
 from contract.settings import FleetSettings
+from modelbuild.accuracy import read_stsb
 from producer.local_fleet import LocalFleet, fleet_env
 from producer.local_redis import start_redis
 from worker.engine import EmbeddingEngine
@@ -51,7 +50,7 @@ class Row:
 def bench_sentences(count: int) -> list[str]:
     sentences: list[str] = []
     for split in ("train", "dev"):
-        sentences += load_pairs(STSB_DIR / f"stsb-en-{split}.csv").unique_sentences()
+        sentences += read_stsb(STSB_DIR / f"stsb-en-{split}.csv").unique_sentences()
     unique = list(dict.fromkeys(sentences))
     if len(unique) < count:
         raise SystemExit(f"only {len(unique)} unique STS-B sentences; ask for --n {len(unique)} or fewer")

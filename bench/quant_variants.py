@@ -306,12 +306,6 @@ def time_rounds(encoders: dict[str, Encode], texts: list[str], repeats: int) -> 
     return speeds
 
 
-def head_pairs(pairs: StsPairs, count: int) -> StsPairs:
-    if count <= 0:
-        return pairs
-    return StsPairs(pairs.first[:count], pairs.second[:count], pairs.scores[:count])
-
-
 def measure_accuracy(encoders: dict[str, SentenceEncoder], reference: str, pairs: StsPairs) -> list[Result]:
     """Spearman x100 on the pairs, and cosine of every unique sentence's vector to the reference's."""
     texts = sorted(set(pairs.first) | set(pairs.second))
@@ -364,7 +358,7 @@ def run(args: argparse.Namespace, variants: list[Variant], texts: list[str]) -> 
     settings = settings_for(args.threads, args.batch_size)
     encoders = {v.name: open_encoder(source, v, paths[v.name], settings) for v in variants}
     reference = next(v.name for v in variants if v.kind == REFERENCE_KIND)
-    results = measure_accuracy(encoders, reference, head_pairs(read_stsb(args.stsb), args.accuracy_pairs))
+    results = measure_accuracy(encoders, reference, read_stsb(args.stsb).head(args.accuracy_pairs))
     if args.repeats == 0:  # accuracy screen only
         return results
     encode: dict[str, Encode] = {name: _vectors_of(encoder) for name, encoder in encoders.items()}
@@ -381,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     variants = select(load_variants(args.variants_file), args.variants)
     pairs = read_stsb(args.stsb)
     texts = timed_sentences(pairs, args.n)
-    lines = header_lines(args, head_pairs(pairs, args.accuracy_pairs), len(texts))
+    lines = header_lines(args, pairs.head(args.accuracy_pairs), len(texts))
     table = markdown(run(args, variants, texts), lines)
     print(table)
     if args.markdown:

@@ -37,6 +37,8 @@ from peers import (
     temporary_workdir,
 )
 
+from modelbuild.accuracy import StsPairs, read_stsb
+
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "stsb"
 DEFAULT_STSB = SHARED_DATA / "stsb-en-dev.csv"
 DEFAULT_CALIBRATION = SHARED_DATA / "stsb-en-train.csv"
@@ -137,7 +139,7 @@ def reference_vectors(variants: dict[str, Variant], setup: BenchSetup, texts: li
 def accuracy_row(
     row: report.Row,
     vectors: dict[str, Matrix],
-    pairs: stsb.StsPairs,
+    pairs: StsPairs,
     reference: dict[str, Matrix],
 ) -> report.Row:
     texts = list(reference)
@@ -221,9 +223,9 @@ def source_model_dir() -> Path:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    dev = stsb.load_pairs(args.stsb)
+    dev = read_stsb(args.stsb)
     timed = dev.unique_sentences()[: args.n]
-    calibration = stsb.load_pairs(args.calibration).unique_sentences()[:CALIBRATION_SAMPLES]
+    calibration = read_stsb(args.calibration).unique_sentences()[:CALIBRATION_SAMPLES]
     setup = BenchSetup(
         timed,
         args.threads,
@@ -246,7 +248,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             else row
             for row in speed_rows(specs, seconds, skipped, len(timed), args.stat)
         ]
-        lines = header_lines(args, len(timed), len(pairs), package_versions(variants))
+        lines = header_lines(args, len(timed), len(pairs.scores), package_versions(variants))
     finally:
         for variant in variants.values():
             variant.close()

@@ -85,6 +85,16 @@ class StsPairs:
     second: list[str]
     scores: list[float]
 
+    def head(self, count: int) -> StsPairs:
+        """The first `count` pairs (all of them when count is 0)."""
+        if count <= 0:
+            return self
+        return StsPairs(self.first[:count], self.second[:count], self.scores[:count])
+
+    def unique_sentences(self) -> list[str]:
+        """The sentence1 column, then sentence2, each sentence once (first occurrence kept)."""
+        return list(dict.fromkeys([*self.first, *self.second]))
+
 
 def _is_number(text: str) -> bool:
     try:
