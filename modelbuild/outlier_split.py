@@ -6,6 +6,10 @@ them wastes most of its levels on the rest; SmoothQuant only moves the problem i
 row, whose per-output-column scale it then dominates. Here, instead (as LLM.int8() does per
 token), X @ W = (X * mask) @ W_rest + X[:, O] @ W[O, :]: the big product stays int8 with the
 outliers masked out of its range, and a K=|O| fp32 product carries them exactly.
+
+The mask matters only while calibrating: once quantised, the outlier rows of W_rest hold their
+zero point (quantisers keep 0.0 exact), so whatever QuantizeLinear makes of an unmasked outlier,
+its product is zero. `drop_masks` then removes the Muls; the graph computes the same numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from modelbuild.smoothquant import activation_amax, find_targets
 DEFAULT_SOURCE_OPS = ("FastGelu",)
 REFERENCE_PERCENTILE = 99.0
 SIDE_SUFFIX = "_outliers"
+MASK_NODE_SUFFIX = "_Mask"
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def _split(model: onnx.ModelProto, node: onnx.NodeProto, channels: list[int]) ->
     )
     x, y = node.input[0], node.output[0]
     new_nodes = [
-        onnx.helper.make_node("Mul", [x, base + "_mask"], [base + "_masked"], name=base + "_Mask"),
+        onnx.helper.make_node("Mul", [x, base + "_mask"], [base + "_masked"], name=base + MASK_NODE_SUFFIX),
         onnx.helper.make_node("Gather", [x, base + "_index"], [base + "_x"], name=base + "_Gather", axis=-1),
         onnx.helper.make_node("MatMul", [base + "_x", base + "_weight"], [base + "_y"], name=base),
     ]
@@ -91,3 +96,19 @@ def _split(model: onnx.ModelProto, node: onnx.NodeProto, channels: list[int]) ->
         model.graph.node.insert(position + offset, new)
     model.graph.node.insert(position + len(new_nodes) + 1, add)
     return base
+
+
+def drop_masks(model: onnx.ModelProto) -> int:
+    """Remove the split's mask Muls from a quantised model in place; return how many went."""
+    masks = [node for node in model.graph.node if node.name.endswith(SIDE_SUFFIX + MASK_NODE_SUFFIX)]
+    for mask in masks:
+        for node in model.graph.node:
+            for index, name in enumerate(node.input):
+                if name == mask.output[0]:
+                    node.input[index] = mask.input[0]
+        model.graph.node.remove(mask)
+    unused = {mask.input[1] for mask in masks}
+    kept = [init for init in model.graph.initializer if init.name not in unused]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return len(masks)

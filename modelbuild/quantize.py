@@ -18,7 +18,7 @@ from onnxruntime.quantization import (
 from tokenizers import Tokenizer
 
 from contract.cpu_features import VNNI_WEIGHTS, exact_fast_weight_type
-from modelbuild import outlier_split, roles, smoothquant
+from modelbuild import integer_ops, outlier_split, roles, smoothquant
 from modelbuild.calibration import TextCalibrationReader, iter_feeds
 from modelbuild.optimize import infer_shapes
 
@@ -56,6 +56,7 @@ class StaticRecipe:
     calibration_sentences: int = CALIBRATION_SENTENCES
     keep_fp32: tuple[str, ...] = KEEP_FP32  # roles.select patterns: "ffn2", "ffn2.5", "*.5"
     split_outliers: float | None = None  # FFN2 input channels > this x p99 of maxima go fp32
+    integer_ops: bool = False  # write QAttention / MatMulIntegerToFloat (measured on VNNI only)
 
     @classmethod
     def for_weights(cls, weight_type: str) -> StaticRecipe:
@@ -63,7 +64,9 @@ class StaticRecipe:
         if weight_type not in WEIGHT_TYPES:
             raise ValueError(f"unknown weight type {weight_type!r}; choose from {sorted(WEIGHT_TYPES)}")
         if weight_type == VNNI_WEIGHTS:
-            return cls(weight_type=weight_type, keep_fp32=(), split_outliers=SPLIT_OUTLIERS_VNNI)
+            return cls(
+                weight_type=weight_type, keep_fp32=(), split_outliers=SPLIT_OUTLIERS_VNNI, integer_ops=True
+            )
         return cls(weight_type=weight_type, keep_fp32=KEEP_FP32)
 
     @classmethod
@@ -122,7 +125,19 @@ def quantize_static_int8(
         calibrate_method=CalibrationMethod.MinMax,
         extra_options=recipe.extra_options(),
     )
+    if recipe.split_outliers is not None or recipe.integer_ops:
+        _rewrite_quantized(out_path, recipe)
     return out_path
+
+
+def _rewrite_quantized(path: Path, recipe: StaticRecipe) -> None:
+    """Exact rewrites of the quantised graph: the calibration-only masks go, integer kernels come."""
+    model = onnx.load(str(path))
+    if recipe.split_outliers is not None:
+        outlier_split.drop_masks(model)
+    if recipe.integer_ops:
+        integer_ops.fuse_integer_ops(model)
+    onnx.save(model, str(path))
 
 
 def quantize_dynamic_int8(model_path: Path, out_path: Path) -> Path:
