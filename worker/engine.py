@@ -177,4 +177,6 @@ def _open_parts(
     """Session, tokenizer and batcher of an encoder, from the model's files and the settings."""
     session = open_session(model_path, ort_session, settings.threads_per_process(), settings.providers)
     tokenizer = TextTokenizer(tokenizer_file, max_seq_length, settings.max_text_chars)
-    return session, tokenizer, TokenBudgetBatcher(settings.token_budget, settings.max_batch_size)
+    return session, tokenizer, TokenBudgetBatcher(
+        settings.token_budget, settings.max_batch_size, settings.run_overhead_tokens
+    )

@@ -17,9 +17,25 @@ def test_every_index_once_and_each_batch_under_budget(lengths: list[int]) -> Non
 
 
 def test_batches_are_length_sorted_to_limit_padding() -> None:
-    batches = list(TokenBudgetBatcher(token_budget=99, max_batch_size=2).batches([50, 3, 40, 2]))
+    batches = list(
+        TokenBudgetBatcher(token_budget=99, max_batch_size=2, run_overhead_tokens=8).batches([50, 3, 40, 2])
+    )
     assert batches == [[3, 1], [2], [0]]
 
 
 def test_a_sequence_longer_than_the_budget_still_gets_its_own_batch() -> None:
     assert list(TokenBudgetBatcher(token_budget=10, max_batch_size=8).batches([5, 50])) == [[0], [1]]
+
+
+def test_a_jump_in_length_starts_a_new_batch_rather_than_padding() -> None:
+    lengths = [8] * 20 + [30] * 20
+    batches = list(
+        TokenBudgetBatcher(token_budget=8192, max_batch_size=64, run_overhead_tokens=64).batches(lengths)
+    )
+    assert [sorted(batch) for batch in batches] == [list(range(20)), list(range(20, 40))]
+
+
+def test_small_length_steps_stay_in_one_batch_when_a_run_costs_more_than_their_padding() -> None:
+    lengths = [10, 11, 12, 13] * 4
+    assert len(list(TokenBudgetBatcher(8192, 64, run_overhead_tokens=64).batches(lengths))) == 1
+    assert len(list(TokenBudgetBatcher(8192, 64, run_overhead_tokens=0).batches(lengths))) == 4
