@@ -66,16 +66,24 @@ def _fuse_attention(graph: _Graph) -> int:
     for attention in [n for n in graph.model.graph.node if n.op_type == "MultiHeadAttention"]:
         matmuls = [graph.producer(name, "MatMul") for name in attention.input[:3]]
         if all(matmuls) and len({m.input[0] for m in matmuls if m}) == 1:
-            _write_qattention(graph, attention, [m for m in matmuls if m])
-            fused += 1
+            fused += _write_qattention(graph, attention, [m for m in matmuls if m])
     return fused
 
 
-def _write_qattention(graph: _Graph, attention: onnx.NodeProto, matmuls: list[onnx.NodeProto]) -> None:
+def _per_column(graph: _Graph, weight: onnx.NodeProto | None) -> bool:
+    """A weight DequantizeLinear with one scale per output column (what packing can concatenate)."""
+    if weight is None:
+        return False
+    columns = graph.array(weight.input[0]).shape[-1]
+    return bool(graph.array(weight.input[1]).shape == (columns,))
+
+
+def _write_qattention(graph: _Graph, attention: onnx.NodeProto, matmuls: list[onnx.NodeProto]) -> bool:
     activation = graph.producer(matmuls[0].input[0], "DequantizeLinear")
     weights = [graph.producer(m.input[1], "DequantizeLinear") for m in matmuls]
-    if activation is None or not all(weights) or len(attention.input) < 5:
-        return
+    has_bias_and_mask = len(attention.input) >= 5 and all(attention.input[3:5])
+    if activation is None or not all(_per_column(graph, w) for w in weights) or not has_bias_and_mask:
+        return False
     base = attention.name + PACKED_SUFFIX
     packed = [
         np.concatenate([graph.array(w.input[part]) for w in weights if w], axis=-1) for part in range(3)
@@ -103,6 +111,7 @@ def _write_qattention(graph: _Graph, attention: onnx.NodeProto, matmuls: list[on
         num_heads=heads,
     )
     graph.replace([attention, *matmuls, *(w for w in weights if w)], node)
+    return True
 
 
 def _fuse_matmuls(graph: _Graph) -> int:
