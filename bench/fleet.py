@@ -1,6 +1,7 @@
 """End-to-end fleet throughput vs in-process engines, cache-hit resubmission, worker RSS.
 
     .venv/bin/python bench/fleet.py [--n 10000] [--markdown docs/fleet-bench.md]
+    .venv/bin/python bench/fleet.py --chunk-sizes 64 256 256 256 256 256   # RSS over six cold jobs
 
 All variants run in one sitting on the same sentences (STS-B train + dev, unique), so the
 figures compare as ratios on this noisy shared machine. The fleet is real: a private
@@ -114,6 +115,7 @@ def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdi
         fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
         fleet.start()
         before = [rss_kib(pid) // KIB for pid in fleet.children()]
+        after_each: list[list[int]] = []
         for chunk_size in chunk_sizes:
             with fleet.client(chunk_size=chunk_size) as client:
                 drop_vectors(fleet, client.model().fingerprint)
@@ -121,12 +123,12 @@ def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdi
                 rows.append(
                     Row(f"fleet, {PROCESSES} processes x 1 thread, chunk {chunk_size}", cold, len(texts))
                 )
+                after_each.append([rss_kib(pid) // KIB for pid in fleet.children()])
                 warm = timed(lambda c=client: c.embed(texts))  # type: ignore[misc]
                 rows.append(
                     Row(f"fleet, same texts again (all cache hits), chunk {chunk_size}", warm, len(texts))
                 )
-        after = [rss_kib(pid) // KIB for pid in fleet.children()]
-        rows[-1].note = f"pool children RSS (MiB) after warm-up: {before}; after all the jobs above: {after}"
+        rows[-1].note = f"pool children RSS (MiB) after warm-up: {before}; after each cold job: {after_each}"
     return rows
 
 

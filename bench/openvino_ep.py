@@ -9,7 +9,7 @@ venv and imports nothing from the project:
 
 It reads the product artifact (`make artifact`) and QDQ builds that `.venv/bin/python
 bench/quant_variants.py --variants v_s8_split2,v_s8_all --repeats 0` writes to artifacts/quant-variants
-(their names carry a hash of the recipe: update MODELS when the recipe changes).
+(their names carry a hash of the recipe; the newest build of each is used).
 
 All variants embed the same 2,048 STS-B dev sentences, tokenised once outside the timer (sorted by
 length, batches of 32 padded to their longest): sentences/s counts session.run plus mean pooling.
@@ -41,10 +41,18 @@ REPO = Path(__file__).resolve().parent.parent
 STSB_DEV = REPO.parent / "shared/data/stsb/stsb-en-dev.csv"
 TOKENIZER = REPO / "artifacts/all-MiniLM-L6-v2/tokenizer.json"
 VARIANTS_DIR = REPO / "artifacts/quant-variants"
+
+
+def newest_variant(name: str) -> Path:
+    """The latest build of a quant_variants.py variant (file names end in a hash of the recipe)."""
+    builds = sorted(VARIANTS_DIR.glob(f"{name}-*.onnx"), key=lambda path: path.stat().st_mtime)
+    return builds[-1] if builds else VARIANTS_DIR / f"{name}-*.onnx"
+
+
 MODELS = {
     "A product (QAttention, MatMulIntegerToFloat)": REPO / "artifacts/all-MiniLM-L6-v2/model.onnx",
-    "B s8_split2 QDQ": VARIANTS_DIR / "v_s8_split2-1d4315b3a6.onnx",
-    "C s8_all QDQ": VARIANTS_DIR / "v_s8_all-02cc559a40.onnx",
+    "B s8_split2 QDQ": newest_variant("v_s8_split2"),
+    "C s8_all QDQ": newest_variant("v_s8_all"),
     "fp32 (MHA, FastGelu)": VARIANTS_DIR / "fp32.onnx",
     "fp32 plain export (no contrib ops)": VARIANTS_DIR / "export.onnx",
 }
@@ -206,6 +214,9 @@ def main() -> None:
     sentences = read_sentences(STSB_DEV, N_SENTENCES)
     batches = make_batches(tokenizer, sentences)
     warmup = make_batches(tokenizer, sentences[:WARMUP_SENTENCES])
+    missing = [str(path) for path in MODELS.values() if not path.exists()]
+    if missing:
+        sys.exit(f"missing {missing}: run `make artifact` and bench/quant_variants.py (see the docstring)")
     variants = build_variants()
     for variant in variants:
         variant.open()

@@ -23,6 +23,13 @@ from modelbuild.calibration import TextCalibrationReader, iter_feeds
 from modelbuild.optimize import infer_shapes
 
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+ACTIVATION_TYPES = WEIGHT_TYPES  # "int8" activations = S8S8, which ORT's CPU kernels do not fuse
+FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+CALIBRATE_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
 # SmoothQuant where the outliers are: LayerNorm outputs feeding QKV and FFN1. The recipe can also
 # smooth the attention output and the GELU output (SMOOTH_ALL_INPUTS) for all-int8 builds.
 SMOOTH_LAYERNORM = ("LayerNormalization",)
@@ -57,6 +64,10 @@ class StaticRecipe:
     keep_fp32: tuple[str, ...] = KEEP_FP32  # roles.select patterns: "ffn2", "ffn2.5", "*.5"
     split_outliers: float | None = None  # FFN2 input channels > this x p99 of maxima go fp32
     integer_ops: bool = False  # write QAttention / MatMulIntegerToFloat (measured on VNNI only)
+    # Alternatives measured in docs/quantization.md; the defaults won.
+    quant_format: str = "qdq"
+    activation_type: str = "uint8"
+    calibrate_method: str = "minmax"
 
     @classmethod
     def for_weights(cls, weight_type: str) -> StaticRecipe:
@@ -83,10 +94,11 @@ class StaticRecipe:
         }
 
     def settings(self) -> dict[str, Any]:
-        method = "qdq-u8s8" if self.weight_type == "int8" else "qdq-u8u8"
+        kinds = {"int8": "s8", "uint8": "u8"}
+        method = f"{self.quant_format}-{kinds[self.activation_type]}{kinds[self.weight_type]}"
         return {
             "method": method,
-            "calibrate": "minmax",
+            "calibrate": self.calibrate_method,
             **asdict(self),
             "extra": self.extra_options(),
         }
@@ -115,14 +127,14 @@ def quantize_static_int8(
         model,
         str(out_path),
         TextCalibrationReader(tokenizer, texts),
-        quant_format=QuantFormat.QDQ,
+        quant_format=FORMATS[recipe.quant_format],
         op_types_to_quantize=["MatMul"],
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
-        activation_type=QuantType.QUInt8,
+        activation_type=ACTIVATION_TYPES[recipe.activation_type],
         weight_type=WEIGHT_TYPES[recipe.weight_type],
         nodes_to_exclude=excluded,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=CALIBRATE_METHODS[recipe.calibrate_method],
         extra_options=recipe.extra_options(),
     )
     if recipe.split_outliers is not None or recipe.integer_ops:
