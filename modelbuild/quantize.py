@@ -69,11 +69,21 @@ class StaticRecipe:
     activation_type: str = "uint8"
     calibrate_method: str = "minmax"
 
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("weight_type", WEIGHT_TYPES),
+            ("activation_type", ACTIVATION_TYPES),
+            ("quant_format", FORMATS),
+            ("calibrate_method", CALIBRATE_METHODS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {sorted(allowed)}")
+        if self.integer_ops and (self.quant_format, self.activation_type) != ("qdq", "uint8"):
+            raise ValueError("integer_ops rewrites QDQ graphs with uint8 activations: set quant_format='qdq'")
+
     @classmethod
     def for_weights(cls, weight_type: str) -> StaticRecipe:
         """The measured default for a fleet of VNNI hosts ("int8") or AVX2 hosts ("uint8")."""
-        if weight_type not in WEIGHT_TYPES:
-            raise ValueError(f"unknown weight type {weight_type!r}; choose from {sorted(WEIGHT_TYPES)}")
         if weight_type == VNNI_WEIGHTS:
             return cls(
                 weight_type=weight_type, keep_fp32=(), split_outliers=SPLIT_OUTLIERS_VNNI, integer_ops=True

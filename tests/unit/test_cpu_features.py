@@ -33,8 +33,11 @@ def test_each_host_kind_gets_its_measured_recipe() -> None:
     assert (vnni.weight_type, vnni.keep_fp32, vnni.split_outliers) == ("int8", (), SPLIT_OUTLIERS_VNNI)
     assert (avx2.weight_type, avx2.keep_fp32, avx2.split_outliers) == ("uint8", KEEP_FP32, None)
     assert vnni.settings()["method"] == "qdq-u8s8"
+    assert (vnni.integer_ops, avx2.integer_ops) == (True, False)  # measured on VNNI hosts only
     with pytest.raises(ValueError, match="choose from"):
         StaticRecipe.for_weights("int4")
+    with pytest.raises(ValueError, match="quant_format='qdq'"):
+        StaticRecipe(weight_type="int8", integer_ops=True, quant_format="qoperator")
 
 
 def _manifest(quant: str, weight_type: str) -> Manifest:
