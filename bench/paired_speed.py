@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 from peers import REPO_ROOT
+from quant_variants import settings_for
 
 from contract.manifest import TOKENIZER_FILE, load_manifest
-from contract.settings import FleetSettings
 from modelbuild.accuracy import read_stsb
 from worker.engine import SentenceEncoder
 
@@ -46,9 +46,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     manifest = load_manifest(args.artifact)
-    settings = FleetSettings(
-        intra_op_threads=args.threads, worker_concurrency=1, max_batch_size=args.batch_size
-    )
+    settings = settings_for(args.threads, args.batch_size)  # as quant_variants.py times its variants
     pool = read_stsb(args.stsb).unique_sentences()[:POOL_SENTENCES]
     encoders = [
         SentenceEncoder.open(

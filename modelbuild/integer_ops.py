@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from modelbuild.roles import consumer_map, producer_map
+
 MS_DOMAIN = "com.microsoft"
 PACKED_SUFFIX = "_qkv"
 INTEGER_SUFFIX = "_integer"
@@ -30,13 +32,9 @@ class _Graph:
     model: onnx.ModelProto
 
     def __post_init__(self) -> None:
-        graph = self.model.graph
-        self.initializers = {init.name: init for init in graph.initializer}
-        self.producers = {out: node for node in graph.node for out in node.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
+        self.initializers = {init.name: init for init in self.model.graph.initializer}
+        self.producers = producer_map(self.model)
+        self.consumers = consumer_map(self.model)
 
     def producer(self, name: str, op_type: str) -> onnx.NodeProto | None:
         node = self.producers.get(name)

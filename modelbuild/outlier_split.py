@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from modelbuild.calibration import Feeds
+from modelbuild.roles import consumer_map
 from modelbuild.smoothquant import activation_amax, find_targets
 
 DEFAULT_SOURCE_OPS = ("FastGelu",)
@@ -101,11 +102,10 @@ def _split(model: onnx.ModelProto, node: onnx.NodeProto, channels: list[int]) ->
 def drop_masks(model: onnx.ModelProto) -> int:
     """Remove the split's mask Muls from a quantised model in place; return how many went."""
     masks = [node for node in model.graph.node if node.name.endswith(SIDE_SUFFIX + MASK_NODE_SUFFIX)]
+    readers = consumer_map(model)
     for mask in masks:
-        for node in model.graph.node:
-            for index, name in enumerate(node.input):
-                if name == mask.output[0]:
-                    node.input[index] = mask.input[0]
+        for node in readers.get(mask.output[0], []):
+            node.input[:] = [mask.input[0] if name == mask.output[0] else name for name in node.input]
         model.graph.node.remove(mask)
     unused = {mask.input[1] for mask in masks}
     kept = [init for init in model.graph.initializer if init.name not in unused]

@@ -13,7 +13,8 @@ GELU_OPS = {"FastGelu", "BiasGelu", "Gelu"}
 OTHER = "other"
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+def consumer_map(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Each tensor name and the nodes that read it."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -21,7 +22,8 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return consumers
 
 
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+def producer_map(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Each tensor name and the node that writes it."""
     return {out: node for node in model.graph.node for out in node.output}
 
 
@@ -57,7 +59,7 @@ def _role(
 
 def matmul_roles(model: onnx.ModelProto) -> dict[str, str]:
     """Map MatMul node name -> "role.layer", e.g. "ffn2.5"."""
-    consumers, producers = _consumers(model), _producers(model)
+    consumers, producers = consumer_map(model), producer_map(model)
     roles: dict[str, str] = {}
     layer = 0
     for node in model.graph.node:
