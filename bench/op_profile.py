@@ -15,17 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import onnxruntime as ort
-from peers import REPO_ROOT
-from quant_variants import settings_for
+from encoder_options import EncoderSetup, add_encoder_options
 
-from contract.manifest import TOKENIZER_FILE, load_manifest
-from modelbuild.accuracy import read_stsb
 from worker.batching import TokenBudgetBatcher
 from worker.engine import SentenceEncoder, session_options
 from worker.tokenization import TextTokenizer
 
-DEFAULT_STSB = REPO_ROOT.parent / "shared" / "data" / "stsb" / "stsb-en-dev.csv"
-DEFAULT_ARTIFACT = REPO_ROOT / "artifacts" / "all-MiniLM-L6-v2"
 WARMUP_TEXTS = 64
 KERNEL_SUFFIX = "_kernel_time"
 US_PER_MS = 1e3
@@ -35,12 +30,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="ONNX file")
     parser.add_argument("--texts", type=int, default=2048, help="unique dev sentences")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
-    parser.add_argument(
-        "--artifact", type=Path, default=DEFAULT_ARTIFACT, help="tokenizer and ORT session settings"
-    )
+    add_encoder_options(parser)
     return parser.parse_args()
 
 
@@ -54,9 +44,9 @@ def kernel_times_us(profile: Path) -> Counter[str]:
 
 def main() -> None:
     args = parse_args()
-    manifest = load_manifest(args.artifact)
-    settings = settings_for(args.threads, args.batch_size)
-    texts = read_stsb(args.stsb).unique_sentences()[: args.texts]
+    setup = EncoderSetup.from_args(args)
+    manifest, settings = setup.manifest, setup.settings
+    texts = setup.sentences(args.texts)
     with tempfile.TemporaryDirectory(prefix="op-profile-") as workdir:
         options = session_options(manifest.ort_session, args.threads)
         options.enable_profiling = True
@@ -67,9 +57,7 @@ def main() -> None:
             providers=settings.providers,
             disabled_optimizers=manifest.ort_session.disabled_optimizers or None,
         )
-        tokenizer = TextTokenizer(
-            args.artifact / TOKENIZER_FILE, manifest.max_seq_length, settings.max_text_chars
-        )
+        tokenizer = TextTokenizer(setup.tokenizer_file, manifest.max_seq_length, settings.max_text_chars)
         batcher = TokenBudgetBatcher(
             settings.token_budget, settings.max_batch_size, settings.run_overhead_tokens
         )
@@ -78,8 +66,8 @@ def main() -> None:
         encoder.embed(texts)
         times = kernel_times_us(Path(session.end_profiling()))
     total = sum(times.values())
-    setup = f"{args.threads} threads, batch {args.batch_size}"
-    print(f"{args.model}: {len(texts)} sentences (+{WARMUP_TEXTS} warm-up, profiled too), {setup}\n")
+    run = f"{args.threads} threads, batch {args.batch_size}"
+    print(f"{args.model}: {len(texts)} sentences (+{WARMUP_TEXTS} warm-up, profiled too), {run}\n")
     print("| op type | kernel ms | share |\n|---|---:|---:|")
     for op, micros in times.most_common():
         print(f"| {op} | {micros / US_PER_MS:,.1f} | {100 * micros / total:.1f} % |")

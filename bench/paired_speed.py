@@ -15,15 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from peers import REPO_ROOT
-from quant_variants import settings_for
+from encoder_options import EncoderSetup, add_encoder_options
 
-from contract.manifest import TOKENIZER_FILE, load_manifest
-from modelbuild.accuracy import read_stsb
-from worker.engine import SentenceEncoder
-
-DEFAULT_STSB = REPO_ROOT.parent / "shared" / "data" / "stsb" / "stsb-en-dev.csv"
-DEFAULT_ARTIFACT = REPO_ROOT / "artifacts" / "all-MiniLM-L6-v2"
 POOL_SENTENCES = 2048
 WARMUP_TEXTS = 64
 QUARTILES = (25, 50, 75)
@@ -34,31 +27,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("models", type=Path, nargs="+", help="ONNX files; the first is the baseline")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--texts", type=int, default=256, help="sentences per timed pass")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
-    parser.add_argument(
-        "--artifact", type=Path, default=DEFAULT_ARTIFACT, help="tokenizer and ORT session settings"
-    )
+    add_encoder_options(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    manifest = load_manifest(args.artifact)
-    settings = settings_for(args.threads, args.batch_size)  # as quant_variants.py times its variants
-    pool = read_stsb(args.stsb).unique_sentences()[:POOL_SENTENCES]
-    encoders = [
-        SentenceEncoder.open(
-            path,
-            args.artifact / TOKENIZER_FILE,
-            manifest.max_seq_length,
-            True,
-            manifest.ort_session,
-            settings,
-        )
-        for path in args.models
-    ]
+    setup = EncoderSetup.from_args(args)
+    pool = setup.sentences(POOL_SENTENCES)
+    encoders = [setup.open(path) for path in args.models]
     for encoder in encoders:
         encoder.embed(pool[:WARMUP_TEXTS])
     seconds = np.zeros((args.rounds, len(encoders)))
