@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARTIFACT ?= artifacts/all-MiniLM-L6-v2
 STSB_DEV ?= ../shared/data/stsb/stsb-en-dev.csv
-PACKAGES := contract worker producer modelbuild
+PACKAGES := contract worker producer modelbuild localfleet
 # torch==2.13.0 is a local CPU wheel on these machines; look there when the folder exists.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
@@ -36,7 +36,7 @@ test-unit: install
 	$(PY) -m pytest -q -m "not fleet and not slow"
 
 demo: install artifact
-	$(PY) -m producer.demo
+	$(PY) -m localfleet.demo
 
 bench: install artifact
 	$(PY) bench/throughput.py --stsb $(STSB_DEV)

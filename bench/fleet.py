@@ -22,9 +22,9 @@ from pathlib import Path
 
 from contract import keys
 from contract.settings import FleetSettings
+from localfleet.fleet import LocalFleet, fleet_env
+from localfleet.redis_server import start_redis
 from modelbuild.accuracy import read_stsb
-from producer.local_fleet import LocalFleet, fleet_env
-from producer.local_redis import start_redis
 from worker.engine import EmbeddingEngine
 
 ROOT = Path(__file__).resolve().parents[1]

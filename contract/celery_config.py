@@ -31,7 +31,10 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
             "socket_keepalive": True,
             "health_check_interval": settings.redis_health_check_interval_s,
             "retry_on_timeout": True,
+            # BRPOP polls the queues in the order the worker lists them: interactive before bulk.
+            "queue_order_strategy": "priority",
         },
+        "broker_connection_max_retries": None,
         # Pickle executes code on load: JSON everywhere, nothing else accepted.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -41,15 +44,17 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         # Vectors go straight to Redis; Celery's result backend carries nothing.
         "result_backend": None,
         "task_ignore_result": True,
-        # At-least-once: ack after the work, redeliver when a pool child dies.
+        # At-least-once: ack after the work, redeliver when a pool child dies or hits the hard
+        # time limit (worker.requests counts both as a failed attempt). A task that raises was
+        # already counted (done, failed, or sent back with Reject/retry), so its message may go.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        "task_acks_on_failure": True,
+        "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_S,
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": max(1, settings.task_time_limit_s - SOFT_LIMIT_MARGIN_S),
-        "task_default_queue": settings.queue,
-        "task_routes": {EMBED_TASK: {"queue": settings.queue}},
         # Flower needs task events.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -1,20 +1,26 @@
-"""The job record and chunk message, with their own encode/decode (Redis hash, JSON task kwargs)."""
+"""The job record, the chunk payload and the chunk reference, each with its own encode/decode."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from redis.typing import EncodableT, FieldT
 
 from contract.digest import DIGEST_BYTES
+from contract.lanes import Lane
+
+POSITION_DTYPE = np.dtype("<u4")
 
 
 class JobState(str, Enum):
     QUEUED = "queued"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
@@ -23,18 +29,26 @@ class JobState(str, Enum):
 
 @dataclass
 class JobRecord:
-    """Counts are of input positions: a text given three times counts three when its vector lands."""
+    """Counts are of input positions: a text given three times counts three when its vector lands.
+
+    A job ends when every chunk is counted (`counted == chunks`), done or failed, whatever the
+    position counts say; `updated` is when it last made progress (the stall check reads it).
+    """
 
     id: str
     total: int
     fingerprint: str
     dims: int
+    model: str = ""
+    lane: Lane = Lane.BULK
     chunks: int = 0
+    counted: int = 0
     done: int = 0
     failed: int = 0
     truncated: int = 0
     state: JobState = JobState.QUEUED
     created: float = 0.0
+    updated: float = 0.0
     finished: float = 0.0
     error: str = ""
 
@@ -48,22 +62,50 @@ class JobRecord:
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
+class ChunkPayload(BaseModel):
+    """A chunk's distinct texts and, for each, the input positions it fills (stored in Redis as JSON)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    texts: list[StrictStr] = Field(min_length=1)
+    positions: list[list[StrictInt]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_position_list_per_text(self) -> ChunkPayload:
+        if len(self.positions) != len(self.texts):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.positions)} position lists")
+        if any(not places for places in self.positions):
+            raise ValueError("a text with no input position")
+        return self
+
+    def position_count(self) -> int:
+        return sum(len(places) for places in self.positions)
+
+    def flat_positions(self) -> list[int]:
+        return sorted(position for places in self.positions for position in places)
+
+
 @dataclass(frozen=True)
-class ChunkMessage:
-    """What one Celery task carries: JSON-safe, self-contained, idempotent to re-run."""
+class ChunkRef:
+    """What a Celery message carries: which chunk of which job, nothing a reader could misuse."""
 
     job_id: str
     chunk: int
-    fingerprint: str
-    texts: list[str]
-    digests: list[str]
-    counts: list[int] = field(default_factory=list)
 
-    def positions(self) -> int:
-        return sum(self.counts) if self.counts else len(self.texts)
+    @property
+    def task_id(self) -> str:
+        """Stable per chunk, so a revoke from Flower names the chunk and a re-send keeps its id."""
+        return f"{self.job_id}.{self.chunk}"
 
     def to_kwargs(self) -> dict[str, object]:
-        return asdict(self)
+        return {"job_id": self.job_id, "chunk": self.chunk}
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, object]) -> ChunkRef:
+        job_id, chunk = kwargs.get("job_id"), kwargs.get("chunk")
+        if not isinstance(job_id, str) or not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+            raise ValueError(f"not a chunk reference: job_id={job_id!r:.40}, chunk={chunk!r:.20}")
+        return cls(job_id, chunk)
 
 
 def pack_digests(digests: list[str]) -> bytes:
@@ -74,6 +116,21 @@ def unpack_digests(blob: bytes) -> list[str]:
     return [blob[i : i + DIGEST_BYTES].hex() for i in range(0, len(blob), DIGEST_BYTES)]
 
 
+def pack_positions(positions: list[int]) -> bytes:
+    return np.asarray(positions, dtype=POSITION_DTYPE).tobytes()
+
+
+def unpack_positions(blob: bytes) -> list[int]:
+    return sorted(set(np.frombuffer(blob, dtype=POSITION_DTYPE).tolist()))
+
+
+def describe_positions(positions: list[int], shown: int = 10) -> str:
+    """`3, 17, 201 and 12 more`: names the inputs a caller must act on without flooding a log."""
+    head = ", ".join(str(position) for position in positions[:shown])
+    rest = len(positions) - shown
+    return f"{head} and {rest} more" if rest > 0 else head
+
+
 def _text(value: object) -> str:
     return value.value if isinstance(value, Enum) else str(value)
 
@@ -82,7 +139,7 @@ def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-FIELD_TYPES: dict[object, type] = {"int": int, "float": float, "str": str, "JobState": JobState}
+FIELD_TYPES: dict[object, type] = {"int": int, "float": float, "str": str, "JobState": JobState, "Lane": Lane}
 
 
 def _parse(annotation: object, value: str) -> object:

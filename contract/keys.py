@@ -4,6 +4,7 @@ from __future__ import annotations
 
 VECTOR_PREFIX = "emb"
 JOB_PREFIX = "job"
+JOBS_PREFIX = "jobs"
 FLEET_PREFIX = "fleet"
 
 
@@ -27,14 +28,52 @@ def job_digests_key(job_id: str) -> str:
     return f"{JOB_PREFIX}:{job_id}:digests"
 
 
+def job_payloads_key(job_id: str) -> str:
+    """Hash: chunk number -> its texts and input positions (JSON), until the chunk is counted.
+
+    Celery messages carry only (job, chunk): the texts stay here, so a lost message can be sent
+    again from what Redis holds, and no text reaches the broker, Flower or a task event.
+    """
+    return f"{JOB_PREFIX}:{job_id}:payloads"
+
+
 def job_chunks_done_key(job_id: str) -> str:
     """Set: chunk numbers already counted, so a redelivered chunk never counts twice."""
     return f"{JOB_PREFIX}:{job_id}:chunks"
 
 
+def job_leases_key(job_id: str) -> str:
+    """Hash: chunk number -> "<worker node> <expiry>" while a worker holds the chunk."""
+    return f"{JOB_PREFIX}:{job_id}:leases"
+
+
 def job_attempts_key(job_id: str) -> str:
-    """Hash: deliveries per chunk number, to stop a chunk that keeps killing its worker."""
+    """Hash: per chunk, failures (errors, crashes of its process) and the last error."""
     return f"{JOB_PREFIX}:{job_id}:attempts"
+
+
+def job_orphans_key(job_id: str) -> str:
+    """Hash: chunk number -> when the reconciler first found it neither queued, held nor counted."""
+    return f"{JOB_PREFIX}:{job_id}:orphans"
+
+
+def job_failed_positions_key(job_id: str) -> str:
+    """String: input positions of failed chunks, packed as little-endian uint32."""
+    return f"{JOB_PREFIX}:{job_id}:failed"
+
+
+def job_keys(job_id: str) -> list[str]:
+    """Every key of one job, to renew or drop together."""
+    return [
+        job_key(job_id),
+        job_digests_key(job_id),
+        job_payloads_key(job_id),
+        job_chunks_done_key(job_id),
+        job_leases_key(job_id),
+        job_attempts_key(job_id),
+        job_orphans_key(job_id),
+        job_failed_positions_key(job_id),
+    ]
 
 
 def job_channel(job_id: str) -> str:
@@ -42,6 +81,31 @@ def job_channel(job_id: str) -> str:
     return f"{JOB_PREFIX}:{job_id}:progress"
 
 
-def model_advert_key(model_name: str) -> str:
-    """Hash a worker writes at start: fingerprint and dims of the artifact it serves."""
-    return f"{FLEET_PREFIX}:model:{model_name}"
+def running_jobs_key() -> str:
+    """Sorted set: ids of unfinished jobs (score: creation time), what the reconciler sweeps."""
+    return f"{JOBS_PREFIX}:running"
+
+
+def node_key(node: str) -> str:
+    """Hash with a short TTL: a worker node's heartbeat (build, processes, host)."""
+    return f"{FLEET_PREFIX}:node:{node}"
+
+
+def build_key(model_name: str, fingerprint: str) -> str:
+    """Hash: what producers need to submit to a build (fingerprint, dims, name)."""
+    return f"{FLEET_PREFIX}:build:{model_name}:{fingerprint}"
+
+
+def build_nodes_key(model_name: str, fingerprint: str) -> str:
+    """Sorted set: worker nodes of a build, scored by when their heartbeat expires (server time)."""
+    return f"{FLEET_PREFIX}:build:{model_name}:{fingerprint}:nodes"
+
+
+def builds_key(model_name: str) -> str:
+    """Sorted set: every build of a model ever advertised, scored by when it first came up."""
+    return f"{FLEET_PREFIX}:builds:{model_name}"
+
+
+def reconciler_lock_key() -> str:
+    """String with a TTL: the node whose turn it is to sweep, so one sweep runs at a time."""
+    return f"{FLEET_PREFIX}:reconciler"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from contract.cpu_features import has_int8_dot
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -60,6 +63,18 @@ class Manifest(BaseModel):
             str(self.max_seq_length),
         ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def serving_fingerprint(self, cpu_flags: Iterable[str]) -> str:
+        """The fingerprint a worker on this CPU serves: for int8 builds it adds the kernel path.
+
+        ONNX Runtime's int8 kernels accumulate differently with and without VNNI/AMX
+        (contract.cpu_features), so vectors of the same artifact differ slightly between the two
+        kinds of host; a mixed fleet keeps them apart in the cache and in the queues.
+        """
+        if not self.quantization.format.endswith("int8"):
+            return self.fingerprint
+        kernel = "int8-dot" if has_int8_dot(cpu_flags) else "no-int8-dot"
+        return hashlib.sha256(f"{self.fingerprint}|{kernel}".encode()).hexdigest()[:16]
 
 
 def sha256_of(path: Path) -> str:

@@ -42,13 +42,22 @@ class FleetSettings(BaseSettings):
     model_fingerprint: str = Field("", description="pin the fingerprint instead of asking the fleet")
     model_dims: int = Field(0, ge=0, description="with model_fingerprint: the vector size")
 
-    chunk_size: int = Field(256, gt=0, description="distinct texts per Celery task")
+    chunk_size: int = Field(256, gt=0, description="distinct texts per bulk Celery task")
+    interactive_max_texts: int = Field(
+        64, ge=0, description="jobs with at most this many texts to embed ride the interactive lane"
+    )
     max_job_texts: int = Field(100_000, gt=0, description="texts per submitted job")
     max_text_chars: int = Field(
         8_192, gt=0, description="characters kept before tokenising (tokenisation is superlinear)"
     )
+    max_payload_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="bytes of one chunk's texts and positions; larger is refused"
+    )
     cache_ttl_s: int = Field(30 * DAY_S, gt=0)
     job_ttl_s: int = Field(7 * DAY_S, gt=0)
+    unpublished_job_ttl_s: int = Field(
+        300, gt=0, description="a job record whose chunks were never all published expires after this"
+    )
 
     token_budget: int = Field(8_192, gt=0, description="padded tokens per inference batch")
     max_batch_size: int = Field(64, gt=0)
@@ -64,10 +73,25 @@ class FleetSettings(BaseSettings):
 
     task_time_limit_s: int = Field(300, gt=0)
     visibility_timeout_s: int = Field(3_600, gt=0)
-    max_chunk_attempts: int = Field(3, gt=0, description="deliveries before a chunk fails its job")
+    max_chunk_attempts: int = Field(
+        3, gt=0, description="failures of a chunk (errors, killed processes, time limits) before it fails"
+    )
     retry_delay_s: float = Field(2.0, ge=0)
-    redis_socket_timeout_s: float = Field(30.0, gt=0)
+    redis_socket_timeout_s: float = Field(10.0, gt=0)
     redis_health_check_interval_s: int = Field(25, ge=0)
+    redis_outage_s: float = Field(
+        30.0, ge=0, description="how long a lost Redis connection is retried before the error surfaces"
+    )
+
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a worker renews its advert")
+    heartbeat_ttl_s: float = Field(10.0, gt=0, description="a worker silent this long counts as gone")
+    reconcile_interval_s: float = Field(10.0, gt=0, description="how often the fleet sweeps running jobs")
+    reconcile_grace_s: float = Field(
+        30.0, ge=0, description="a chunk neither queued, running nor counted this long is enqueued again"
+    )
+    stall_timeout_s: float = Field(
+        120.0, gt=0, description="a job without progress while no live worker serves its build fails"
+    )
 
     @model_validator(mode="after")
     def _default_cache_url(self) -> FleetSettings:
@@ -75,9 +99,18 @@ class FleetSettings(BaseSettings):
             object.__setattr__(self, "cache_url", self.broker_url)
         return self
 
-    @property
-    def queue(self) -> str:
-        return f"embed.{self.model_name}"
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_interval(self) -> FleetSettings:
+        if self.heartbeat_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"EMBED_HEARTBEAT_TTL_S ({self.heartbeat_ttl_s}) must be at least twice "
+                f"EMBED_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}), or live workers look gone"
+            )
+        return self
+
+    def lease_s(self) -> float:
+        """How long a started chunk may stay unfinished before another worker may take it over."""
+        return self.task_time_limit_s + self.heartbeat_ttl_s
 
     def processes(self) -> int:
         return self.worker_concurrency or usable_cpus()

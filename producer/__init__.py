@@ -1,14 +1,18 @@
 """The producer side: what applications import and run. Needs Redis, never the model runtime."""
 
+from contract.lanes import Lane
 from producer.client import EmbeddingClient
 from producer.errors import (
     EmbedFleetError,
     FleetUnavailableError,
     InvalidTextError,
     JobFailedError,
+    JobLostError,
     JobNotFoundError,
     JobTimeoutError,
     JobTooLargeError,
+    RedisUnavailableError,
+    ResultIncompleteError,
 )
 from producer.job import Job
 
@@ -19,7 +23,11 @@ __all__ = [
     "InvalidTextError",
     "Job",
     "JobFailedError",
+    "JobLostError",
     "JobNotFoundError",
     "JobTimeoutError",
     "JobTooLargeError",
+    "Lane",
+    "RedisUnavailableError",
+    "ResultIncompleteError",
 ]

@@ -1,7 +1,7 @@
-"""`python -m producer submit|status|fetch`: the fleet from a shell, with exit codes scripts can use.
+"""`python -m producer submit|status|fetch|cancel`: the fleet from a shell, with exit codes scripts can use.
 
-Exit codes: 0 done, 1 job failed, 2 bad usage or input, 3 job not found, 4 timed out,
-5 no fleet (no worker has advertised the model), 6 job still running (fetch).
+Exit codes: 0 done, 1 job failed, cancelled or lost, 2 bad usage or input, 3 job not found,
+4 timed out, 5 no live worker serves the model (or Redis is unreachable), 6 job still running.
 """
 
 from __future__ import annotations
@@ -14,17 +14,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import redis
 
 from contract.jobs import JobRecord, JobState
+from contract.redis_connection import mask_url
+from contract.settings import FleetSettings
 from producer.client import EmbeddingClient
 from producer.errors import (
     EmbedFleetError,
     FleetUnavailableError,
     InvalidTextError,
     JobFailedError,
+    JobLostError,
     JobNotFoundError,
     JobTimeoutError,
     JobTooLargeError,
+    RedisUnavailableError,
+    ResultIncompleteError,
 )
 from producer.inputs import read_texts
 from producer.job import Job
@@ -32,7 +38,10 @@ from producer.job import Job
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_NO_FLEET, EXIT_RUNNING = range(7)
 EXIT_CODES: dict[type[EmbedFleetError], int] = {
     JobFailedError: EXIT_FAILED,
+    JobLostError: EXIT_FAILED,
+    ResultIncompleteError: EXIT_FAILED,
     InvalidTextError: EXIT_USAGE,
+    RedisUnavailableError: EXIT_USAGE,
     JobTooLargeError: EXIT_USAGE,
     JobNotFoundError: EXIT_NOT_FOUND,
     JobTimeoutError: EXIT_TIMEOUT,
@@ -53,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="save a finished job's vectors as .npy")
     fetch.add_argument("job_id")
     fetch.add_argument("--out", type=Path, required=True)
+    cancel = commands.add_parser("cancel", help="end a job now; its queued chunks are skipped")
+    cancel.add_argument("job_id")
     return parser
 
 
@@ -62,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "submit": run_submit,
         "status": run_status,
         "fetch": run_fetch,
+        "cancel": run_cancel,
     }
     try:
         with EmbeddingClient() as client:
@@ -69,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbedFleetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return next((code for kind, code in EXIT_CODES.items() if isinstance(exc, kind)), EXIT_FAILED)
+    except redis.RedisError as exc:
+        settings = FleetSettings()
+        print(f"error: Redis at {mask_url(settings.cache_url)} failed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def run_submit(client: EmbeddingClient, args: argparse.Namespace) -> int:
@@ -78,7 +94,7 @@ def run_submit(client: EmbeddingClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     record = job.wait(timeout=args.timeout, progress=True)
     _print_record(record)
-    if record.state is JobState.FAILED:
+    if record.state is not JobState.DONE:
         return EXIT_FAILED
     if args.out:
         _save(job, args.out)
@@ -88,7 +104,13 @@ def run_submit(client: EmbeddingClient, args: argparse.Namespace) -> int:
 def run_status(client: EmbeddingClient, args: argparse.Namespace) -> int:
     record = client.job(args.job_id).status()
     _print_record(record)
-    return EXIT_FAILED if record.state is JobState.FAILED else EXIT_OK
+    return EXIT_OK if record.state in (JobState.QUEUED, JobState.DONE) else EXIT_FAILED
+
+
+def run_cancel(client: EmbeddingClient, args: argparse.Namespace) -> int:
+    record = client.cancel(args.job_id)
+    _print_record(record)
+    return EXIT_OK if record.state is JobState.DONE else EXIT_FAILED
 
 
 def run_fetch(client: EmbeddingClient, args: argparse.Namespace) -> int:
@@ -109,4 +131,5 @@ def _save(job: Job, out: Path) -> None:
 def _print_record(record: JobRecord) -> None:
     fields = asdict(record)
     fields["state"] = record.state.value
+    fields["lane"] = record.lane.value
     print(json.dumps(fields, sort_keys=True))

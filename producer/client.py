@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -12,12 +13,20 @@ import redis
 from contract import keys
 from contract.celery_config import EMBED_TASK, make_celery
 from contract.codec import Matrix
-from contract.jobs import ChunkMessage, JobRecord, JobState, pack_digests
+from contract.fleet_registry import BuildAdvert, FleetRegistry
+from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, pack_digests
+from contract.lanes import Lane, lane_for, queue_name
+from contract.ledger import JobLedger
+from contract.redis_connection import connect, mask_url
 from contract.settings import FleetSettings
 from contract.vector_cache import VectorCache
-from producer.errors import FleetUnavailableError
+from producer.errors import FleetUnavailableError, RedisUnavailableError
 from producer.job import Job
 from producer.planning import JobPlan, chunk_ranges, plan_job, validate_texts
+
+# A blip (a failover, a dropped connection) is retried this long inside one call; wait() rides out
+# longer outages itself (EMBED_REDIS_OUTAGE_S), and submit() fails fast so a request never hangs.
+CALL_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,14 +38,10 @@ class ModelIdentity:
 class EmbeddingClient:
     def __init__(self, settings: FleetSettings | None = None) -> None:
         self.settings = settings or FleetSettings()
-        self.redis = redis.Redis.from_url(
-            self.settings.cache_url,
-            socket_timeout=self.settings.redis_socket_timeout_s,
-            socket_connect_timeout=self.settings.redis_socket_timeout_s,
-            socket_keepalive=True,
-            health_check_interval=self.settings.redis_health_check_interval_s,
-        )
+        self.redis = connect(self.settings.cache_url, self.settings, CALL_RETRY_S)
         self.cache = VectorCache(self.redis, self.settings.cache_ttl_s, self.settings.fetch_batch_size)
+        self.ledger = JobLedger(self.redis)
+        self.registry = FleetRegistry(self.redis, self.settings.heartbeat_ttl_s)
         self.celery = make_celery(self.settings, main="producer")
 
     def close(self) -> None:
@@ -49,54 +54,72 @@ class EmbeddingClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def model(self) -> ModelIdentity:
-        """The fingerprint from settings, else from what the workers advertise; no artifact needed."""
-        if self.settings.model_fingerprint and self.settings.model_dims:
-            return ModelIdentity(self.settings.model_fingerprint, self.settings.model_dims)
-        advert = self.redis.hgetall(keys.model_advert_key(self.settings.model_name))
-        if not advert:
-            raise FleetUnavailableError(
-                f"no worker has advertised model {self.settings.model_name!r} on "
-                f"{self.settings.cache_url}: start one with `celery -A worker worker`, or set "
-                "EMBED_MODEL_FINGERPRINT and EMBED_MODEL_DIMS"
-            )
-        fields = {_text(key): _text(value) for key, value in advert.items()}
-        return ModelIdentity(fields["fingerprint"], int(fields["dims"]))
+    def build(self) -> BuildAdvert:
+        """A live build of the model to submit to (EMBED_MODEL_FINGERPRINT pins one).
 
-    def submit(self, texts: Sequence[str]) -> Job:
-        """Queue only the cache misses, each distinct text once; returns at once with the job."""
+        With several live builds (a rolling upgrade, a fleet of VNNI and AVX2 hosts), each job
+        goes to one of them at random, weighted by its live processes; every job stays on its build.
+        """
+        name = self.settings.model_name
+        live = self._live_builds(name)
+        pinned = self.settings.model_fingerprint
+        if pinned:
+            live = [build for build in live if build.fingerprint == pinned]
+        if not live:
+            which = f"build {pinned} of {name!r}" if pinned else f"model {name!r}"
+            raise FleetUnavailableError(
+                f"no live worker serves {which} on {mask_url(self.settings.cache_url)}: start one with "
+                "`celery -A worker worker` (workers advertise while they consume)"
+            )
+        weights = [max(1, build.processes) for build in live]
+        return random.choices(live, weights=weights)[0]
+
+    def model(self) -> ModelIdentity:
+        build = self.build()
+        return ModelIdentity(build.fingerprint, build.dims)
+
+    def submit(self, texts: Sequence[str], priority: Lane | str | None = None) -> Job:
+        """Queue only the cache misses, each distinct text once; returns at once with the job.
+
+        Jobs with at most EMBED_INTERACTIVE_MAX_TEXTS texts to embed ride the interactive lane,
+        larger ones the bulk lane; `priority="interactive"|"bulk"` chooses explicitly.
+        """
         texts = validate_texts(texts, self.settings.max_job_texts)
-        model = self.model()
-        plan = plan_job(texts, model.fingerprint)
-        hits = self.cache.touch(model.fingerprint, plan.unique_digests)
+        build = self.build()
+        plan = plan_job(texts, build.fingerprint)
+        hits = self.cache.touch(build.fingerprint, plan.unique_digests)
         # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
         misses = sorted((i for i, hit in enumerate(hits) if not hit), key=lambda i: len(plan.unique_texts[i]))
-        chunks = chunk_ranges(len(misses), self.settings.chunk_size)
+        lane = lane_for(
+            len(misses), self.settings.interactive_max_texts, Lane(priority) if priority else None
+        )
+        spans = chunk_ranges(len(misses), self.settings.chunk_size)
+        now = time.time()
         record = JobRecord(
             id=uuid.uuid4().hex,
             total=len(texts),
-            fingerprint=model.fingerprint,
-            dims=model.dims,
-            chunks=len(chunks),
-            done=sum(plan.counts[i] for i, hit in enumerate(hits) if hit),
-            truncated=self._truncated_hits(model.fingerprint, plan, hits),
-            created=time.time(),
+            fingerprint=build.fingerprint,
+            dims=build.dims,
+            model=build.model,
+            lane=lane,
+            chunks=len(spans),
+            done=sum(plan.count(i) for i, hit in enumerate(hits) if hit),
+            truncated=self._truncated_hits(build.fingerprint, plan, hits),
+            created=now,
+            updated=now,
         )
-        if not chunks:
-            record.state, record.finished = JobState.DONE, record.created
-        self._store(record, plan)
-        for span in chunks:
-            members = [misses[i] for i in span]
-            message = ChunkMessage(
-                job_id=record.id,
-                chunk=span.start // self.settings.chunk_size,
-                fingerprint=model.fingerprint,
-                texts=[plan.unique_texts[i] for i in members],
-                digests=[plan.unique_digests[i] for i in members],
-                counts=[plan.counts[i] for i in members],
-            )
-            self.celery.send_task(EMBED_TASK, kwargs=message.to_kwargs(), queue=self.settings.queue)
-        return Job(self, record.id)
+        if not spans:
+            record.state, record.finished = JobState.DONE, now
+        payloads = {
+            str(number): ChunkPayload(
+                texts=[plan.unique_texts[misses[i]] for i in span],
+                positions=[plan.positions[misses[i]] for i in span],
+            ).model_dump_json()
+            for number, span in enumerate(spans)
+        }
+        self._store(record, plan, payloads)
+        self._publish(record)
+        return Job(self, record.id, texts=texts, priority=priority)
 
     def job(self, job_id: str) -> Job:
         job = Job(self, job_id)
@@ -104,23 +127,72 @@ class EmbeddingClient:
         return job
 
     def embed(self, texts: Sequence[str], timeout: float | None = None) -> Matrix:
-        job = self.submit(texts)
+        """Submit on the interactive lane, wait, return the vectors: for requests that wait on them."""
+        job = self.submit(texts, priority=Lane.INTERACTIVE)
         job.wait(timeout=timeout)
         return job.result()
+
+    def cancel(self, job_id: str) -> JobRecord:
+        return self.job(job_id).cancel()
+
+    def _live_builds(self, name: str) -> list[BuildAdvert]:
+        try:
+            return self.registry.live_builds(name)
+        except redis.RedisError as exc:
+            raise RedisUnavailableError(
+                f"Redis at {mask_url(self.settings.cache_url)} is unreachable ({exc}): nothing was queued"
+            ) from exc
 
     def _truncated_hits(self, fingerprint: str, plan: JobPlan, hits: list[bool]) -> int:
         hit_index = [i for i, hit in enumerate(hits) if hit]
         flags = self.cache.truncated(fingerprint, [plan.unique_digests[i] for i in hit_index])
-        return sum(plan.counts[i] for i, flag in zip(hit_index, flags, strict=True) if flag)
+        return sum(plan.count(i) for i, flag in zip(hit_index, flags, strict=True) if flag)
 
-    def _store(self, record: JobRecord, plan: JobPlan) -> None:
-        ttl = self.settings.job_ttl_s
+    def _store(self, record: JobRecord, plan: JobPlan, payloads: dict[str, str]) -> None:
+        """Write the whole job at once, short-lived until every chunk is published (no orphans)."""
+        ttl = self.settings.unpublished_job_ttl_s if record.chunks else self.settings.job_ttl_s
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job_key(record.id), mapping=record.to_redis())
-        pipe.set(keys.job_digests_key(record.id), pack_digests(plan.digests), ex=ttl)
         pipe.expire(keys.job_key(record.id), ttl)
+        pipe.set(keys.job_digests_key(record.id), pack_digests(plan.digests), ex=ttl)
+        if payloads:
+            pipe.hset(keys.job_payloads_key(record.id), mapping=payloads)  # type: ignore[arg-type]
+            pipe.expire(keys.job_payloads_key(record.id), ttl)
+            pipe.zadd(keys.running_jobs_key(), {record.id: record.created})
         pipe.execute()
 
+    def _publish(self, record: JobRecord) -> None:
+        """Send one message per chunk; a publish that fails withdraws the job, so none is left orphaned."""
+        if not record.chunks:
+            return
+        queue = queue_name(record.model, record.fingerprint, record.lane)
+        sent = 0
+        try:
+            for chunk in range(record.chunks):
+                ref = ChunkRef(record.id, chunk)
+                self.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, task_id=ref.task_id)
+                sent += 1
+        except Exception as exc:
+            self._withdraw(record.id)
+            raise FleetUnavailableError(
+                f"the broker at {mask_url(self.settings.broker_url)} failed after {sent} of {record.chunks} "
+                f"chunks were queued ({type(exc).__name__}: {exc}); the job was withdrawn: submit it again"
+            ) from exc
+        self._keep(record.id)
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    def _keep(self, job_id: str) -> None:
+        ttl = self.settings.job_ttl_s
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys.job_keys(job_id):
+            pipe.expire(key, ttl)
+        pipe.execute()
+
+    def _withdraw(self, job_id: str) -> None:
+        """Best effort: what is left expires after EMBED_UNPUBLISHED_JOB_TTL_S anyway."""
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(*keys.job_keys(job_id))
+            pipe.zrem(keys.running_jobs_key(), job_id)
+            pipe.execute()
+        except redis.RedisError:
+            pass

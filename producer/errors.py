@@ -18,9 +18,29 @@ class JobTooLargeError(EmbedFleetError, ValueError):
 class JobNotFoundError(EmbedFleetError, KeyError):
     """No job record under that id: wrong id, another Redis, or expired after EMBED_JOB_TTL_S."""
 
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class JobLostError(EmbedFleetError):
+    """The record of a job this client saw vanished (Redis restarted without persistence, or was
+    flushed); `job.resume()` submits the same texts again."""
+
 
 class JobFailedError(EmbedFleetError):
-    """A chunk of the job failed after its retries; the job record keeps the error."""
+    """The job ended failed or cancelled; `positions` are the inputs left without vectors."""
+
+    def __init__(self, message: str, positions: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.positions = positions or []
+
+
+class ResultIncompleteError(EmbedFleetError):
+    """A finished job's vectors are gone from the cache (evicted or expired); `positions` says which."""
+
+    def __init__(self, message: str, positions: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.positions = positions or []
 
 
 class JobTimeoutError(EmbedFleetError, TimeoutError):
@@ -28,4 +48,8 @@ class JobTimeoutError(EmbedFleetError, TimeoutError):
 
 
 class FleetUnavailableError(EmbedFleetError):
-    """No worker has advertised the model yet, so the producer cannot compute cache keys."""
+    """No live worker serves the model, or Redis cannot be reached: nothing was queued."""
+
+
+class RedisUnavailableError(FleetUnavailableError):
+    """Redis (broker or cache) cannot be reached; the message names it with its password masked."""

@@ -36,25 +36,28 @@ def validate_texts(texts: Sequence[object], max_job_texts: int) -> list[str]:
 
 @dataclass
 class JobPlan:
-    """Digests in input order, and each distinct text once with how many positions it fills."""
+    """Digests in input order, and each distinct text once with the input positions it fills."""
 
     digests: list[str]
     unique_digests: list[str] = field(default_factory=list)
     unique_texts: list[str] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
+    positions: list[list[int]] = field(default_factory=list)
+
+    def count(self, unique: int) -> int:
+        return len(self.positions[unique])
 
 
 def plan_job(texts: Sequence[str], fingerprint: str) -> JobPlan:
     plan = JobPlan(digests=[digest_for(fingerprint, text) for text in texts])
     slot: dict[str, int] = {}
-    for text, digest in zip(texts, plan.digests, strict=True):
+    for position, (text, digest) in enumerate(zip(texts, plan.digests, strict=True)):
         if digest in slot:
-            plan.counts[slot[digest]] += 1
+            plan.positions[slot[digest]].append(position)
             continue
         slot[digest] = len(plan.unique_digests)
         plan.unique_digests.append(digest)
         plan.unique_texts.append(text)
-        plan.counts.append(1)
+        plan.positions.append([position])
     return plan
 
 

@@ -1,35 +1,84 @@
-"""The Celery application: `celery -A worker worker` serves, `celery -A worker flower` watches."""
+"""The Celery application: `celery -A worker worker` serves, `celery -A worker flower` watches.
+
+A worker node checks its artifact before it forks or consumes anything, and exits non-zero when
+the artifact is missing or fails its manifest check. Then it consumes its build's two lanes,
+interactive first, and advertises the build while its consumer runs (worker.node).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
-import redis
-from celery.signals import worker_init, worker_process_init
+from celery import bootsteps
+from celery.signals import celeryd_init, task_revoked, worker_process_init, worker_shutdown
 
-from contract import keys
 from contract.celery_config import make_celery
-from contract.manifest import load_manifest
+from contract.cpu_features import cpu_flags
+from contract.jobs import ChunkRef
+from contract.lanes import build_queues
+from contract.manifest import ArtifactError, load_manifest
 from contract.settings import get_settings
+from worker.node import WorkerNode, current_node, open_node
 
 log = logging.getLogger(__name__)
+
+EXIT_NO_ARTIFACT = 3
 
 settings = get_settings()
 app = make_celery(settings, main="worker")
 app.conf.include = ["worker.tasks"]
 
 
-@worker_init.connect
-def advertise_model(**_: Any) -> None:
-    """Check the artifact before forking and tell producers which fingerprint this fleet serves."""
-    manifest = load_manifest(settings.model_dir)
-    client = redis.Redis.from_url(settings.cache_url)
-    client.hset(
-        keys.model_advert_key(settings.model_name),
-        mapping={"fingerprint": manifest.fingerprint, "dims": manifest.dims, "name": manifest.name},
-    )
-    log.info("serving %s as %s on queue %s", manifest.name, manifest.fingerprint, settings.queue)
+@celeryd_init.connect
+def check_artifact_and_pick_queues(sender: str, instance: Any, **_: Any) -> None:
+    """Refuse to start without a sound artifact; consume only this build's lanes."""
+    try:
+        manifest = load_manifest(settings.model_dir)
+    except ArtifactError as exc:
+        log.critical("this worker cannot serve: %s", exc)
+        raise SystemExit(EXIT_NO_ARTIFACT) from exc
+    fingerprint = manifest.serving_fingerprint(cpu_flags())
+    queues = build_queues(settings.model_name, fingerprint)
+    instance.app.amqp.queues.select(queues)
+    open_node(WorkerNode(settings, manifest, fingerprint, sender, instance.app))
+    log.info("serving %s as %s on queues %s", manifest.name, fingerprint, ", ".join(queues))
+
+
+class FleetMembership(bootsteps.StartStopStep):
+    """Advertise while consuming: start with the consumer (again after a reconnect), pause with it."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, parent: Any) -> None:
+        node = current_node()
+        if node:
+            node.start()
+
+    def stop(self, parent: Any) -> None:
+        node = current_node()
+        if node:
+            node.stop()
+
+
+app.steps["consumer"].add(FleetMembership)
+
+
+@worker_shutdown.connect
+def leave_fleet(**_: Any) -> None:
+    node = current_node()
+    if node:
+        node.leave()
+
+
+@task_revoked.connect
+def count_revoked_chunk(request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """A chunk revoked from Flower or `celery control revoke` counts failed (cancelled): its job ends."""
+    node = current_node()
+    job_id, _dot, chunk = str(getattr(request, "id", "") or "").rpartition(".")
+    if node is None or not chunk.isdigit():
+        return
+    node.cancel_chunk(ChunkRef(job_id, int(chunk)), "was cancelled (revoked by an operator)")
 
 
 @worker_process_init.connect

@@ -131,7 +131,9 @@ class EmbeddingEngine(SentenceEncoder):
         settings = settings or get_settings()
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir)
-        mismatch = weights_mismatch(self.manifest, cpu_flags())
+        flags = cpu_flags()
+        self.fingerprint = self.manifest.serving_fingerprint(flags)
+        mismatch = weights_mismatch(self.manifest, flags)
         if mismatch:
             log.warning(mismatch)
         self.threads = settings.threads_per_process()
@@ -143,10 +145,6 @@ class EmbeddingEngine(SentenceEncoder):
             settings,
         )
         super().__init__(*parts, self.manifest.normalize)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest.fingerprint
 
 
 def weights_mismatch(manifest: Manifest, flags: Iterable[str]) -> str | None:
@@ -177,6 +175,8 @@ def _open_parts(
     """Session, tokenizer and batcher of an encoder, from the model's files and the settings."""
     session = open_session(model_path, ort_session, settings.threads_per_process(), settings.providers)
     tokenizer = TextTokenizer(tokenizer_file, max_seq_length, settings.max_text_chars)
-    return session, tokenizer, TokenBudgetBatcher(
-        settings.token_budget, settings.max_batch_size, settings.run_overhead_tokens
+    return (
+        session,
+        tokenizer,
+        TokenBudgetBatcher(settings.token_budget, settings.max_batch_size, settings.run_overhead_tokens),
     )

@@ -1,4 +1,4 @@
-"""What one worker process holds for its whole life: one engine (one ORT session) and one Redis store."""
+"""What one worker process holds for its whole life: one engine (one ORT session) and its Redis clients."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import redis
 
+from contract.ledger import JobLedger
+from contract.redis_connection import connect
 from contract.settings import FleetSettings, get_settings
 from contract.vector_cache import VectorCache
 from worker.engine import EmbeddingEngine
-from worker.store import JobProgress
 
 log = logging.getLogger(__name__)
 
@@ -19,32 +20,32 @@ log = logging.getLogger(__name__)
 class ProcessRuntime:
     settings: FleetSettings
     engine: EmbeddingEngine
+    redis: redis.Redis
     cache: VectorCache
-    progress: JobProgress
+    ledger: JobLedger
 
 
 _runtime: ProcessRuntime | None = None
 
 
 def open_runtime(settings: FleetSettings | None = None) -> ProcessRuntime:
-    """Open the session once per process (at worker_process_init), warm it, and keep it."""
+    """Open the session once per process (at worker_process_init), warm it, and keep it.
+
+    The Redis client retries a lost connection for EMBED_REDIS_OUTAGE_S, so a chunk rides out a
+    Redis restart instead of failing.
+    """
     global _runtime
     if _runtime is None:
         settings = settings or get_settings()
         engine = EmbeddingEngine(settings.model_dir, settings)
         engine.warm_up()
-        client = redis.Redis.from_url(
-            settings.cache_url,
-            socket_timeout=settings.redis_socket_timeout_s,
-            socket_connect_timeout=settings.redis_socket_timeout_s,
-            socket_keepalive=True,
-            health_check_interval=settings.redis_health_check_interval_s,
-        )
+        client = connect(settings.cache_url, settings)
         _runtime = ProcessRuntime(
             settings,
             engine,
+            client,
             VectorCache(client, settings.cache_ttl_s, settings.fetch_batch_size),
-            JobProgress(client, settings.job_ttl_s),
+            JobLedger(client),
         )
         log.info(
             "engine ready: %s (%s), %d intra-op threads",

@@ -1,80 +1,53 @@
-"""The one task: embed a chunk's cache misses, store them, count the chunk once."""
+"""The one task: run a chunk (worker.chunk_runner) and turn its outcome into Celery's terms.
+
+Done: the message is acked. Failed for good: counted first, then raised, so Flower shows FAILURE.
+Failed with attempts left: Celery's retry, after a delay. Redis unreachable past
+EMBED_REDIS_OUTAGE_S: the message goes back to the queue untouched (Reject with requeue), since
+nothing could be counted. No path acks a chunk that was not counted.
+"""
 
 from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Task
+from celery.exceptions import Reject, Retry
 
 from contract.celery_config import EMBED_TASK
-from contract.jobs import ChunkMessage
+from contract.jobs import ChunkRef
 from worker.app import app
-from worker.runtime import ProcessRuntime, open_runtime
+from worker.chunk_runner import ChunkRunner, RetryableChunkError
+from worker.runtime import open_runtime
 
 log = logging.getLogger(__name__)
 
 
-class FingerprintMismatch(RuntimeError):
-    """The job was submitted for another model build than this worker serves; retrying cannot help."""
-
-
-@app.task(name=EMBED_TASK, bind=True)
-def embed_chunk(self: Task, **fields: object) -> int:
-    message = ChunkMessage(**fields)  # type: ignore[arg-type]
-    runtime = open_runtime()
-    attempts = runtime.progress.record_attempt(message)
-    limit = runtime.settings.max_chunk_attempts
-    if attempts > limit:
-        last = runtime.progress.last_error(message) or "its worker process died (killed or out of memory)"
-        return give_up(runtime, message, last)
+@app.task(name=EMBED_TASK, bind=True, Request="worker.requests:ChunkRequest", max_retries=None)
+def embed_chunk(self: Task, **fields: object) -> str:
     try:
-        return embed_message(runtime, message)
-    except FingerprintMismatch as exc:
-        return runtime.progress.complete(message, 0, error=str(exc))
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        ref = ChunkRef.from_kwargs(fields)
+    except ValueError as exc:
+        log.error("dropped a message that names no chunk: %s", exc)
+        return "refused: names no chunk"
+    runner = ChunkRunner(open_runtime(), node=self.request.hostname or "")
+    try:
+        return runner.run(ref)
+    except redis.RedisError as exc:
         log.warning(
-            "chunk %s of job %s failed (attempt %d/%d): %s",
-            message.chunk,
-            message.job_id,
-            attempts,
-            limit,
-            error,
+            "chunk %s of job %s goes back to the queue: Redis unavailable (%s)", ref.chunk, ref.job_id, exc
         )
-        runtime.progress.record_error(message, error)
-        if attempts >= limit:
-            return give_up(runtime, message, error)
-        raise self.retry(exc=exc, countdown=runtime.settings.retry_delay_s, max_retries=limit) from exc
+        raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
+    except RetryableChunkError as exc:
+        log.warning("%s; retrying", exc)
+        raise _retry(self, exc) from exc
 
 
-def give_up(runtime: ProcessRuntime, message: ChunkMessage, last_error: str) -> int:
-    """Count the chunk as failed, so its job ends instead of waiting forever."""
-    limit = runtime.settings.max_chunk_attempts
-    error = f"chunk {message.chunk} failed {limit} times; last error: {last_error}"
-    return runtime.progress.complete(message, 0, error=error)
-
-
-def embed_message(runtime: ProcessRuntime, message: ChunkMessage) -> int:
-    engine, cache = runtime.engine, runtime.cache
-    if message.fingerprint != engine.fingerprint:
-        raise FingerprintMismatch(
-            f"job {message.job_id} was submitted for model {message.fingerprint}, but this worker "
-            f"serves {engine.fingerprint}: resubmit the job (the fleet now serves another build)"
-        )
-    cached = cache.touch(message.fingerprint, message.digests)
-    missing = [i for i, hit in enumerate(cached) if not hit]
-    hits = [i for i, hit in enumerate(cached) if hit]
-    truncated = [False] * len(message.texts)
-    if missing:
-        result = engine.embed([message.texts[i] for i in missing])
-        cache.write(
-            message.fingerprint, [message.digests[i] for i in missing], result.vectors, result.truncated
-        )
-        for index, flag in zip(missing, result.truncated, strict=True):
-            truncated[index] = flag
-    hit_flags = cache.truncated(message.fingerprint, [message.digests[i] for i in hits])
-    for index, flag in zip(hits, hit_flags, strict=True):
-        truncated[index] = flag
-    counts = message.counts or [1] * len(message.texts)
-    cut_positions = sum(count for count, flag in zip(counts, truncated, strict=True) if flag)
-    return runtime.progress.complete(message, cut_positions)
+def _retry(task: Task, exc: Exception) -> Exception:
+    """Celery's retry, but a retry that cannot be published requeues the message instead of dropping it."""
+    try:
+        return task.retry(exc=exc, countdown=open_runtime().settings.retry_delay_s, throw=False)
+    except Retry as retry:
+        return retry
+    except Reject as reject:
+        return Reject(f"retry could not be published: {reject.reason}", requeue=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from localfleet.fleet import LocalFleet, fleet_env
+from localfleet.redis_server import RedisServer, start_redis
 from producer import EmbeddingClient
-from producer.local_fleet import LocalFleet, fleet_env
-from producer.local_redis import RedisServer, start_redis
 
 TEST_ENV = {
     "EMBED_WORKER_CONCURRENCY": "2",
@@ -17,6 +17,13 @@ TEST_ENV = {
     "EMBED_CHUNK_SIZE": "16",
     "EMBED_MAX_CHUNK_ATTEMPTS": "3",
     "EMBED_RETRY_DELAY_S": "0.2",
+    # Liveness on a test's time scale: a silent node is gone after 2 s, sweeps every second.
+    "EMBED_HEARTBEAT_INTERVAL_S": "0.5",
+    "EMBED_HEARTBEAT_TTL_S": "2",
+    "EMBED_RECONCILE_INTERVAL_S": "1",
+    "EMBED_RECONCILE_GRACE_S": "3",
+    "EMBED_STALL_TIMEOUT_S": "10",
+    "EMBED_REDIS_OUTAGE_S": "30",
 }
 
 

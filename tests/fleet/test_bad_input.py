@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,10 +16,10 @@ import pytest
 
 from contract import keys
 from contract.celery_config import EMBED_TASK
-from contract.digest import digest_for
-from contract.jobs import ChunkMessage, JobRecord
+from contract.jobs import ChunkRef, JobRecord
+from contract.lanes import Lane, queue_name
+from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient, InvalidTextError, JobFailedError, JobTooLargeError
-from producer.local_fleet import LocalFleet
 from tests.conftest import ROOT
 from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
 
@@ -60,25 +61,32 @@ def test_invalid_utf8_in_an_input_file_is_refused_naming_the_line(fleet: LocalFl
     assert "line 3" in result.stderr and "UTF-8" in result.stderr
 
 
-def test_a_chunk_that_keeps_failing_fails_its_job_and_the_fleet_goes_on(
-    fleet: LocalFleet, client: EmbeddingClient
-) -> None:
-    """A malformed chunk (as an old or buggy producer might send) is retried, then fails the job."""
-    model = client.model()
+def test_a_forged_chunk_is_refused_and_fails_only_its_job(fleet: LocalFleet, client: EmbeddingClient) -> None:
+    """A payload that a buggy or hostile producer wrote is counted failed with the reason, never retried."""
+    build = client.build()
     job_id = uuid.uuid4().hex
     record = JobRecord(
-        id=job_id, total=2, fingerprint=model.fingerprint, dims=model.dims, chunks=1, created=time.time()
+        id=job_id,
+        total=2,
+        fingerprint=build.fingerprint,
+        dims=build.dims,
+        model=build.model,
+        chunks=1,
+        created=time.time(),
+        updated=time.time(),
     )
     client.redis.hset(keys.job_key(job_id), mapping=record.to_redis())
-    bad_texts: list[object] = [12345, "fine"]
-    digests = [digest_for(model.fingerprint, str(text)) for text in bad_texts]
-    message = ChunkMessage(job_id, 0, model.fingerprint, bad_texts, digests, [1, 1])  # type: ignore[arg-type]
-    client.celery.send_task(EMBED_TASK, kwargs=message.to_kwargs(), queue=fleet.settings.queue)
+    client.redis.hset(
+        keys.job_payloads_key(job_id), "0", json.dumps({"texts": [12345, "fine"], "positions": [[0], [1]]})
+    )
+    ref = ChunkRef(job_id, 0)
+    queue = queue_name(build.model, build.fingerprint, Lane.BULK)
+    client.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, task_id=ref.task_id)
     final = client.job(job_id).wait(timeout=JOB_TIMEOUT_S)
-    assert final.state.value == "failed" and final.failed == 2
-    assert "failed 3 times" in final.error and "TypeError" in final.error
-    assert client.redis.hget(keys.job_attempts_key(job_id), "0") == b"3"
-    with pytest.raises(JobFailedError, match="failed 3 times"):
+    assert final.state.value == "failed" and final.counted == 1
+    assert "refused: malformed payload (texts.0" in final.error
+    assert client.redis.hget(keys.job_attempts_key(job_id), "failures:0") is None  # refused, not retried
+    with pytest.raises(JobFailedError, match="refused"):
         client.job(job_id).result()
     assert client.embed(unique_texts(20), timeout=JOB_TIMEOUT_S).shape == (20, 384)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from producer.local_fleet import LocalFleet
+from localfleet.fleet import LocalFleet
 from tests.fleet.test_bad_input import run_cli
 from tests.fleet.test_jobs import unique_texts
 

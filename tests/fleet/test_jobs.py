@@ -13,13 +13,13 @@ import pytest
 
 from contract import keys
 from contract.celery_config import EMBED_TASK
-from contract.jobs import ChunkMessage
+from contract.jobs import ChunkRef
+from contract.lanes import queue_name
 from contract.settings import FleetSettings
+from localfleet.fleet import LocalFleet
+from localfleet.redis_server import RedisServer
 from producer import EmbeddingClient
 from producer.errors import JobTimeoutError
-from producer.local_fleet import LocalFleet
-from producer.local_redis import RedisServer
-from producer.planning import plan_job
 from tests.conftest import SENTENCES
 from worker.engine import EmbeddingEngine
 
@@ -67,27 +67,23 @@ def test_identical_texts_in_one_job_are_embedded_once(client: EmbeddingClient) -
     job = client.submit(texts)
     record = job.wait(timeout=JOB_TIMEOUT_S)
     vectors = job.result()
-    assert record.chunks == 1 and record.done == 20
+    assert record.chunks == 1 and record.done == 20 and record.lane.value == "interactive"
     np.testing.assert_array_equal(vectors[:5], vectors[15:])
 
 
 def test_a_chunk_delivered_twice_counts_once(fleet: LocalFleet, client: EmbeddingClient) -> None:
     texts = unique_texts(40)
-    job = client.submit(texts)
-    job.wait(timeout=JOB_TIMEOUT_S)
-    model = client.model()
-    # Redeliver chunk 0 exactly as the producer sent it, as Redis does after a visibility timeout.
-    plan = plan_job(texts, model.fingerprint)
-    size = fleet.settings.chunk_size
-    message = ChunkMessage(
-        job.id, 0, model.fingerprint, plan.unique_texts[:size], plan.unique_digests[:size], plan.counts[:size]
-    )
-    client.celery.send_task(EMBED_TASK, kwargs=message.to_kwargs(), queue=fleet.settings.queue)
-    attempts_key = keys.job_attempts_key(job.id)
-    _wait_for(lambda: client.redis.hget(attempts_key, "0") == b"2")
-    _wait_for(lambda: client.redis.scard(keys.job_chunks_done_key(job.id)) == 3)
-    record = job.status()
-    assert (record.done, record.failed, record.state.value) == (40, 0, "done")
+    job = client.submit(texts, priority="bulk")
+    record = job.wait(timeout=JOB_TIMEOUT_S)
+    # Deliver chunk 0 again exactly as the producer sent it, as Redis does after a visibility timeout.
+    ref = ChunkRef(job.id, 0)
+    queue = queue_name(record.model, record.fingerprint, record.lane)
+    client.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, task_id=ref.task_id)
+    finished = f"[{ref.task_id}] succeeded in"
+    _wait_for(lambda: fleet.worker.log_text().count(finished) == 2)
+    assert "skipped: finished" in fleet.worker.log_text().split(finished)[-1][:80]
+    again = job.status()
+    assert (again.done, again.failed, again.counted, again.state.value) == (40, 0, record.chunks, "done")
 
 
 def test_two_jobs_at_once(fleet: LocalFleet) -> None:

@@ -9,7 +9,7 @@ from producer.planning import chunk_ranges, plan_job, validate_texts
 
 def test_identical_texts_are_planned_once_with_their_count() -> None:
     plan = plan_job(["a", "b", "a", "a"], "fp")
-    assert plan.unique_texts == ["a", "b"] and plan.counts == [3, 1]
+    assert plan.unique_texts == ["a", "b"] and plan.positions == [[0, 2, 3], [1]]
     assert plan.digests[0] == plan.digests[2] == plan.unique_digests[0]
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import redis
 
 from contract.settings import FleetSettings
+from localfleet.demo_corpus import DEMO_QUERIES, demo_corpus
+from localfleet.fleet import LocalFleet, fleet_env
+from localfleet.redis_server import free_port, start_redis
 from producer.client import EmbeddingClient
-from producer.demo_corpus import DEMO_QUERIES, demo_corpus
-from producer.local_fleet import LocalFleet, fleet_env
-from producer.local_redis import free_port, start_redis
 
 DEMO_PROCESSES = 2
 TOP_K = 3

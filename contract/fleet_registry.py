@@ -1,0 +1,116 @@
+"""Who serves what, right now: worker heartbeats per build, read by producers and the reconciler.
+
+A worker node renews its entry every EMBED_HEARTBEAT_INTERVAL_S; an entry not renewed within
+EMBED_HEARTBEAT_TTL_S counts as gone. Expiry is scored in Redis' own clock, so hosts with
+skewed clocks agree on who is alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from contract import keys
+from contract.redis_connection import as_text
+
+
+@dataclass(frozen=True)
+class BuildAdvert:
+    """What a producer needs to submit to a build; `processes` counts its live pool processes."""
+
+    model: str
+    fingerprint: str
+    dims: int
+    since: float
+    nodes: int = 0
+    processes: int = 0
+
+
+@dataclass(frozen=True)
+class NodeAdvert:
+    node: str
+    model: str
+    fingerprint: str
+    dims: int
+    processes: int
+    host: str
+    pid: int
+
+
+class FleetRegistry:
+    def __init__(self, client: redis.Redis, ttl_s: float) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+
+    def now(self) -> float:
+        seconds, micros = self.redis.time()
+        return float(seconds) + micros / 1e6
+
+    def beat(self, advert: NodeAdvert) -> None:
+        """Renew this node's entry and its build's advert; also what re-advertises after a reconnect."""
+        now = self.now()
+        nodes = keys.build_nodes_key(advert.model, advert.fingerprint)
+        build = keys.build_key(advert.model, advert.fingerprint)
+        ttl_ms = int(self.ttl_s * 1000)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            keys.node_key(advert.node),
+            mapping={
+                "model": advert.model,
+                "fingerprint": advert.fingerprint,
+                "dims": advert.dims,
+                "processes": advert.processes,
+                "host": advert.host,
+                "pid": advert.pid,
+            },
+        )
+        pipe.pexpire(keys.node_key(advert.node), ttl_ms)
+        pipe.zadd(nodes, {advert.node: now + self.ttl_s})
+        pipe.zremrangebyscore(nodes, "-inf", now)
+        pipe.pexpire(nodes, ttl_ms)
+        pipe.hset(
+            build, mapping={"model": advert.model, "fingerprint": advert.fingerprint, "dims": advert.dims}
+        )
+        pipe.pexpire(build, ttl_ms)
+        pipe.zadd(keys.builds_key(advert.model), {advert.fingerprint: now}, nx=True)
+        pipe.execute()
+
+    def withdraw(self, advert: NodeAdvert) -> None:
+        """Leave at once on warm shutdown, so producers stop choosing a build nobody serves."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(keys.node_key(advert.node))
+        pipe.zrem(keys.build_nodes_key(advert.model, advert.fingerprint), advert.node)
+        pipe.execute()
+
+    def live_nodes(self, model: str, fingerprint: str) -> list[str]:
+        now = self.now()
+        found = self.redis.zrangebyscore(keys.build_nodes_key(model, fingerprint), now, "+inf")
+        return [as_text(node) for node in found]
+
+    def live_builds(self, model: str) -> list[BuildAdvert]:
+        """Builds of a model with at least one live node, newest first."""
+        now = self.now()
+        ranked = cast(
+            list[tuple[bytes, float]], self.redis.zrevrange(keys.builds_key(model), 0, -1, withscores=True)
+        )
+        builds = [(as_text(fingerprint), float(since)) for fingerprint, since in ranked]
+        pipe = self.redis.pipeline(transaction=False)
+        for fingerprint, _ in builds:
+            pipe.hgetall(keys.build_key(model, fingerprint))
+            pipe.zrangebyscore(keys.build_nodes_key(model, fingerprint), now, "+inf")
+        replies = pipe.execute()
+        live: list[BuildAdvert] = []
+        for (fingerprint, since), advert, nodes in zip(builds, replies[::2], replies[1::2], strict=True):
+            if nodes and advert:
+                dims = int(as_text(advert[b"dims"]))
+                names = [as_text(node) for node in nodes]
+                live.append(BuildAdvert(model, fingerprint, dims, since, len(names), self._processes(names)))
+        return live
+
+    def _processes(self, nodes: list[str]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for node in nodes:
+            pipe.hget(keys.node_key(node), "processes")
+        return sum(int(count or 0) for count in pipe.execute())

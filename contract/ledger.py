@@ -1,0 +1,173 @@
+"""The job protocol's atomic steps in Redis, one Lua file each (contract/lua/), for both sides.
+
+Workers claim and complete chunks and record failures; producers and the reconciler end jobs
+(cancel, stall). Each step is idempotent or counts by set membership, so a step retried after a
+lost reply, or a chunk delivered twice, never counts twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+
+import redis
+from pydantic import ValidationError
+
+from contract import keys
+from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, describe_positions, pack_positions
+from contract.redis_connection import as_text
+
+
+def load_lua(name: str) -> str:
+    return resources.files("contract").joinpath(f"lua/{name}.lua").read_text()
+
+
+class ClaimStatus(str, Enum):
+    GONE = "gone"
+    FINISHED = "finished"
+    COUNTED = "counted"
+    LOST = "lost"
+    RUN = "run"
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: ClaimStatus
+    payload: bytes
+    failures: int
+    last_error: str
+    total: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """What counting a chunk adds to its job."""
+
+    positions: int
+    truncated: int = 0
+    error: str = ""
+    failed_positions: bytes = b""
+
+    @property
+    def state(self) -> str:
+        return "failed" if self.error else "done"
+
+
+def failed_outcome(payload: ChunkPayload | None, error: str) -> ChunkOutcome:
+    """A failed chunk's count, naming the input positions it leaves without vectors."""
+    if payload is None:
+        return ChunkOutcome(positions=0, error=error)
+    positions = payload.flat_positions()
+    return ChunkOutcome(
+        positions=len(positions),
+        error=f"inputs {describe_positions(positions)} failed: {error}",
+        failed_positions=pack_positions(positions),
+    )
+
+
+class JobLedger:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._claim = client.register_script(load_lua("claim_chunk"))
+        self._complete = client.register_script(load_lua("complete_chunk"))
+        self._end = client.register_script(load_lua("end_job"))
+
+    def record(self, job_id: str) -> JobRecord | None:
+        raw = self.redis.hgetall(keys.job_key(job_id))
+        return JobRecord.from_redis(raw) if raw else None
+
+    def payload(self, ref: ChunkRef) -> ChunkPayload | None:
+        """The chunk's payload, or None when it is gone or unreadable."""
+        raw = self.redis.hget(keys.job_payloads_key(ref.job_id), str(ref.chunk))
+        if raw is None:
+            return None
+        try:
+            return ChunkPayload.model_validate_json(raw)
+        except ValidationError:
+            return None
+
+    def server_time(self) -> float:
+        """Redis' clock: every host compares progress times against the same one."""
+        seconds, micros = self.redis.time()
+        return float(seconds) + micros / 1e6
+
+    def claim(self, ref: ChunkRef, node: str, lease_s: float) -> Claim:
+        job = ref.job_id
+        reply = self._claim(
+            keys=[
+                keys.job_key(job),
+                keys.job_chunks_done_key(job),
+                keys.job_payloads_key(job),
+                keys.job_leases_key(job),
+                keys.job_attempts_key(job),
+            ],
+            args=[ref.chunk, node, int(lease_s)],
+        )
+        status, payload, failures, last_error, total, fingerprint = reply
+        return Claim(
+            ClaimStatus(as_text(status)),
+            payload if isinstance(payload, bytes) else str(payload).encode(),
+            int(failures),
+            as_text(last_error),
+            int(total),
+            as_text(fingerprint),
+        )
+
+    def record_failure(self, ref: ChunkRef, error: str) -> int:
+        """One more failure of this chunk (an error, or its process died); returns the count."""
+        key = keys.job_attempts_key(ref.job_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, f"failures:{ref.chunk}", 1)
+        pipe.hset(key, f"error:{ref.chunk}", error)
+        pipe.ttl(keys.job_key(ref.job_id))
+        failures, _, ttl = pipe.execute()
+        if ttl and int(ttl) > 0:
+            self.redis.expire(key, int(ttl))
+        return int(failures)
+
+    def complete(self, ref: ChunkRef, outcome: ChunkOutcome) -> int:
+        """Count the chunk once (done or failed) and announce progress; see complete_chunk.lua."""
+        job = ref.job_id
+        return int(
+            self._complete(
+                keys=[
+                    keys.job_key(job),
+                    keys.job_chunks_done_key(job),
+                    keys.job_payloads_key(job),
+                    keys.job_leases_key(job),
+                    keys.job_orphans_key(job),
+                    keys.job_failed_positions_key(job),
+                    keys.running_jobs_key(),
+                ],
+                args=[
+                    ref.chunk,
+                    outcome.positions,
+                    outcome.truncated,
+                    outcome.state,
+                    outcome.error,
+                    outcome.failed_positions,
+                    keys.job_channel(job),
+                    job,
+                ],
+            )
+        )
+
+    def end_job(
+        self, job_id: str, state: JobState, error: str, unless_progress_since: float | None = None
+    ) -> int:
+        """End an unfinished job now; with `unless_progress_since`, only if it made no progress since."""
+        bound = "" if unless_progress_since is None else f"{unless_progress_since:.6f}"
+        return int(
+            self._end(
+                keys=[
+                    keys.job_key(job_id),
+                    keys.running_jobs_key(),
+                    keys.job_payloads_key(job_id),
+                    keys.job_leases_key(job_id),
+                    keys.job_orphans_key(job_id),
+                ],
+                args=[state.value, error, keys.job_channel(job_id), job_id, bound],
+            )
+        )

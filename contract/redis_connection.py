@@ -1,0 +1,69 @@
+"""Every redis-py client of the fleet is made here: the same timeouts, retries and masking everywhere."""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from contract.settings import FleetSettings
+
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 1.0
+MASK = "***"
+
+
+def retries_for(outage_s: float) -> int:
+    """Retries of an exponential backoff (base 50 ms, cap 1 s) that span about `outage_s` seconds."""
+    if outage_s <= 0:
+        return 0
+    ramp = int(math.log2(BACKOFF_CAP_S / BACKOFF_BASE_S)) + 1
+    ramp_s = sum(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**step) for step in range(ramp))
+    return ramp + max(0, math.ceil((outage_s - ramp_s) / BACKOFF_CAP_S))
+
+
+def connect(url: str, settings: FleetSettings, outage_s: float | None = None) -> redis.Redis:
+    """A client that rides out a Redis restart of up to `outage_s` (default: EMBED_REDIS_OUTAGE_S).
+
+    Commands are retried on connection errors and timeouts with backoff; every step of the
+    protocol is idempotent (content-addressed SETs, counting by set membership), so a command
+    retried after a timeout cannot count twice.
+    """
+    budget = settings.redis_outage_s if outage_s is None else outage_s
+    retry = Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retries_for(budget))
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        socket_keepalive=True,
+        health_check_interval=settings.redis_health_check_interval_s,
+        retry=retry,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (and a user name that may be a token) replaced, fit for logs."""
+    parts = urlsplit(url)
+    if parts.password is None and not parts.username:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    credentials = f"{user}:{MASK}" if parts.password is not None else MASK
+    return urlunsplit((parts.scheme, f"{credentials}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def as_text(value: object) -> str:
+    """A Redis reply as text (redis-py returns bytes unless decode_responses, which we never set)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def as_bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()

