@@ -7,7 +7,7 @@ skewed clocks agree on who is alive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import cast
 
 import redis
@@ -18,10 +18,15 @@ from contract.redis_connection import as_text
 
 @dataclass(frozen=True)
 class BuildAdvert:
-    """What a producer needs to submit to a build; `processes` counts its live pool processes."""
+    """What a producer needs to submit to a build; `processes` counts its live pool processes.
+
+    `artifact` is the manifest's fingerprint: builds of one artifact differ only in the CPU kernel
+    path of the hosts serving it (contract.manifest.Manifest.serving_fingerprint).
+    """
 
     model: str
     fingerprint: str
+    artifact: str
     dims: int
     since: float
     nodes: int = 0
@@ -33,6 +38,7 @@ class NodeAdvert:
     node: str
     model: str
     fingerprint: str
+    artifact: str
     dims: int
     processes: int
     host: str
@@ -55,24 +61,13 @@ class FleetRegistry:
         build = keys.build_key(advert.model, advert.fingerprint)
         ttl_ms = int(self.ttl_s * 1000)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.node_key(advert.node),
-            mapping={
-                "model": advert.model,
-                "fingerprint": advert.fingerprint,
-                "dims": advert.dims,
-                "processes": advert.processes,
-                "host": advert.host,
-                "pid": advert.pid,
-            },
-        )
+        pipe.hset(keys.node_key(advert.node), mapping=asdict(advert))  # type: ignore[arg-type]
         pipe.pexpire(keys.node_key(advert.node), ttl_ms)
         pipe.zadd(nodes, {advert.node: now + self.ttl_s})
         pipe.zremrangebyscore(nodes, "-inf", now)
         pipe.pexpire(nodes, ttl_ms)
-        pipe.hset(
-            build, mapping={"model": advert.model, "fingerprint": advert.fingerprint, "dims": advert.dims}
-        )
+        build_fields = ("model", "fingerprint", "artifact", "dims")
+        pipe.hset(build, mapping={name: getattr(advert, name) for name in build_fields})
         pipe.pexpire(build, ttl_ms)
         pipe.zadd(keys.builds_key(advert.model), {advert.fingerprint: now}, nx=True)
         pipe.execute()
@@ -104,9 +99,10 @@ class FleetRegistry:
         live: list[BuildAdvert] = []
         for (fingerprint, since), advert, nodes in zip(builds, replies[::2], replies[1::2], strict=True):
             if nodes and advert:
-                dims = int(as_text(advert[b"dims"]))
+                artifact, dims = as_text(advert[b"artifact"]), int(as_text(advert[b"dims"]))
                 names = [as_text(node) for node in nodes]
-                live.append(BuildAdvert(model, fingerprint, dims, since, len(names), self._processes(names)))
+                processes = self._processes(names)
+                live.append(BuildAdvert(model, fingerprint, artifact, dims, since, len(names), processes))
         return live
 
     def _processes(self, nodes: list[str]) -> int:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from contract import keys
 from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, describe_positions, pack_positions
-from contract.redis_connection import as_text
+from contract.redis_connection import as_bytes, as_text
 
 
 def load_lua(name: str) -> str:
@@ -39,29 +39,28 @@ class Claim:
     last_error: str
     total: int
     fingerprint: str
+    poison: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
 class ChunkOutcome:
-    """What counting a chunk adds to its job."""
+    """What counting a chunk adds to its job: positions done and failed, and why some failed."""
 
-    positions: int
+    done: int
+    failed: int = 0
     truncated: int = 0
     error: str = ""
     failed_positions: bytes = b""
-
-    @property
-    def state(self) -> str:
-        return "failed" if self.error else "done"
 
 
 def failed_outcome(payload: ChunkPayload | None, error: str) -> ChunkOutcome:
     """A failed chunk's count, naming the input positions it leaves without vectors."""
     if payload is None:
-        return ChunkOutcome(positions=0, error=error)
+        return ChunkOutcome(done=0, error=error)
     positions = payload.flat_positions()
     return ChunkOutcome(
-        positions=len(positions),
+        done=0,
+        failed=len(positions),
         error=f"inputs {describe_positions(positions)} failed: {error}",
         failed_positions=pack_positions(positions),
     )
@@ -105,15 +104,24 @@ class JobLedger:
             ],
             args=[ref.chunk, node, int(lease_s)],
         )
-        status, payload, failures, last_error, total, fingerprint = reply
+        status, payload, failures, last_error, total, fingerprint, poison = reply
         return Claim(
             ClaimStatus(as_text(status)),
-            payload if isinstance(payload, bytes) else str(payload).encode(),
+            as_bytes(payload),
             int(failures),
             as_text(last_error),
             int(total),
             as_text(fingerprint),
+            frozenset(int(index) for index in as_text(poison).split(",") if index),
         )
+
+    def mark_running(self, ref: ChunkRef, index: int | None) -> None:
+        """During an isolated retry: which text runs now (None: none), so a death names its text."""
+        key, field = keys.job_attempts_key(ref.job_id), f"running:{ref.chunk}"
+        if index is None:
+            self.redis.hdel(key, field)
+        else:
+            self.redis.hset(key, field, index)
 
     def record_failure(self, ref: ChunkRef, error: str) -> int:
         """One more failure of this chunk (an error, or its process died); returns the count."""
@@ -143,9 +151,9 @@ class JobLedger:
                 ],
                 args=[
                     ref.chunk,
-                    outcome.positions,
+                    outcome.done,
+                    outcome.failed,
                     outcome.truncated,
-                    outcome.state,
                     outcome.error,
                     outcome.failed_positions,
                     keys.job_channel(job),

@@ -35,6 +35,16 @@ class ModelIdentity:
     dims: int
 
 
+def pick_build(live: list[BuildAdvert]) -> BuildAdvert:
+    """Among the builds of the newest artifact (the last to come up), one weighted by its processes."""
+    first_seen: dict[str, float] = {}
+    for build in live:
+        first_seen[build.artifact] = min(first_seen.get(build.artifact, build.since), build.since)
+    newest = max(first_seen, key=lambda artifact: first_seen[artifact])
+    candidates = [build for build in live if build.artifact == newest]
+    return random.choices(candidates, weights=[max(1, build.processes) for build in candidates])[0]
+
+
 class EmbeddingClient:
     def __init__(self, settings: FleetSettings | None = None) -> None:
         self.settings = settings or FleetSettings()
@@ -57,8 +67,10 @@ class EmbeddingClient:
     def build(self) -> BuildAdvert:
         """A live build of the model to submit to (EMBED_MODEL_FINGERPRINT pins one).
 
-        With several live builds (a rolling upgrade, a fleet of VNNI and AVX2 hosts), each job
-        goes to one of them at random, weighted by its live processes; every job stays on its build.
+        During a rolling upgrade new jobs go to the newest artifact, while jobs already queued
+        finish on the build they were submitted for. Where one artifact runs on two kinds of
+        host (VNNI and AVX2: two builds), each job goes to one of them at random, weighted by its
+        live processes.
         """
         name = self.settings.model_name
         live = self._live_builds(name)
@@ -71,8 +83,7 @@ class EmbeddingClient:
                 f"no live worker serves {which} on {mask_url(self.settings.cache_url)}: start one with "
                 "`celery -A worker worker` (workers advertise while they consume)"
             )
-        weights = [max(1, build.processes) for build in live]
-        return random.choices(live, weights=weights)[0]
+        return pick_build(live)
 
     def model(self) -> ModelIdentity:
         build = self.build()

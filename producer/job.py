@@ -100,7 +100,14 @@ class Job:
         with those rows masked, `"recompute"` embeds evicted rows again (needs the texts: the Job
         that `submit` returned has them).
         """
-        record = self.status()
+        try:
+            record = self.status()
+        except JobLostError:
+            if missing != "recompute" or self.texts is None:
+                raise
+            again = self.resume()  # the record itself was evicted: embed the texts again
+            again.wait()
+            return again.result(missing="recompute")
         if record.state is JobState.QUEUED:
             raise EmbedFleetError(
                 f"job {self.id} is still running ({record.done}/{record.total}): call wait() first"

@@ -46,6 +46,7 @@ class WorkerNode:
             node=self.name,
             model=self.settings.model_name,
             fingerprint=self.fingerprint,
+            artifact=self.manifest.fingerprint,
             dims=self.manifest.dims,
             processes=self.settings.processes(),
             host=socket.gethostname(),

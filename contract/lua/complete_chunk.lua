@@ -2,9 +2,9 @@
 -- chunk ends the job. Counting also drops the chunk's payload, lease and orphan mark.
 -- KEYS[1] job record hash   KEYS[2] counted chunks set   KEYS[3] payloads hash   KEYS[4] leases hash
 -- KEYS[5] orphans hash      KEYS[6] failed positions     KEYS[7] running jobs sorted set
--- ARGV[1] chunk number      ARGV[2] positions the chunk covers   ARGV[3] truncated positions
--- ARGV[4] "done" | "failed" ARGV[5] error text ("" when done)
--- ARGV[6] failed positions, packed uint32 ("" when done)  ARGV[7] progress channel  ARGV[8] job id
+-- ARGV[1] chunk number      ARGV[2] positions done   ARGV[3] positions failed   ARGV[4] truncated positions
+-- ARGV[5] error text ("" when nothing failed)   ARGV[6] failed positions, packed uint32
+-- ARGV[7] progress channel  ARGV[8] job id
 -- Returns 1 when counted, 0 when the chunk was already counted, -1 when the job is gone.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
@@ -19,13 +19,14 @@ end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('HINCRBY', KEYS[1], ARGV[4], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'truncated', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'truncated', ARGV[4])
 local counted = redis.call('HINCRBY', KEYS[1], 'counted', 1)
 local now = redis.call('TIME')
 local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 redis.call('HSET', KEYS[1], 'updated', stamp)
-if ARGV[4] == 'failed' then
+if ARGV[5] ~= '' then
   if ARGV[6] ~= '' then
     redis.call('APPEND', KEYS[6], ARGV[6])
     if ttl > 0 then

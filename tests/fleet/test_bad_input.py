@@ -18,6 +18,7 @@ from contract import keys
 from contract.celery_config import EMBED_TASK
 from contract.jobs import ChunkRef, JobRecord
 from contract.lanes import Lane, queue_name
+from contract.settings import FleetSettings
 from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient, InvalidTextError, JobFailedError, JobTooLargeError
 from tests.conftest import ROOT
@@ -109,10 +110,11 @@ def test_a_pool_child_killed_mid_job_loses_nothing_and_counts_exactly(
 
 
 def run_cli(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "EMBED_BROKER_URL": fleet.settings.broker_url,
-        "EMBED_CACHE_URL": fleet.settings.cache_url,
-    }
+    return run_cli_with(fleet.settings, *args)
+
+
+def run_cli_with(settings: FleetSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m producer ...` in a process of its own, against the fleet's Redis servers."""
+    env = {**os.environ, "EMBED_BROKER_URL": settings.broker_url, "EMBED_CACHE_URL": settings.cache_url}
     command = [sys.executable, "-m", "producer", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)

@@ -1,0 +1,190 @@
+"""Drills on worker processes: pool children and whole nodes killed or stopped mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from contract import keys
+from contract.settings import FleetSettings
+from producer import FleetUnavailableError, JobFailedError
+from tests.drills.conftest import (
+    JOB_TIMEOUT_S,
+    Drill,
+    DrillReport,
+    DrillRow,
+    drill_texts,
+    progress,
+    verify,
+    wait_until,
+)
+from tests.drills.poison import POISON
+from tests.fleet.test_bad_input import run_cli_with
+
+pytestmark = pytest.mark.drill
+
+KILLS = 10
+DEFAULTS = FleetSettings()
+
+
+def test_pool_child_killed_ten_times(drill: Drill, drill_report: DrillReport) -> None:
+    server = drill.redis()
+    fleet = drill.fleet(server.url)
+    with fleet.client() as client:
+        job = client.submit(drill_texts(20_000))
+        for kill in range(KILLS):
+            wait_until(lambda k=kill: progress(job) >= (k + 1) * 1_500, JOB_TIMEOUT_S)
+            os.kill(fleet.worker.children()[kill % 2], signal.SIGKILL)
+        job.wait(timeout=JOB_TIMEOUT_S)
+        verdict = verify(client, job)
+    drill_report.add(
+        DrillRow(
+            "kill -9 a pool child 10x during a 20,000-text job",
+            verdict.rows_lost,
+            verdict.duplicates,
+            verdict.counts_exact,
+            None,
+            f"{KILLS} children killed, each replaced by the pool",
+        )
+    )
+    assert (verdict.rows_lost, verdict.duplicates, verdict.counts_exact) == (0, 0, True)
+
+
+def test_lost_host_runs_again_on_a_new_node(drill: Drill, drill_report: DrillReport) -> None:
+    """The shipped liveness defaults: a dead node's chunks run again well within 2 minutes."""
+    server = drill.redis()
+    shipped = {
+        "EMBED_HEARTBEAT_INTERVAL_S": str(DEFAULTS.heartbeat_interval_s),
+        "EMBED_HEARTBEAT_TTL_S": str(DEFAULTS.heartbeat_ttl_s),
+        "EMBED_RECONCILE_INTERVAL_S": str(DEFAULTS.reconcile_interval_s),
+        "EMBED_RECONCILE_GRACE_S": str(DEFAULTS.reconcile_grace_s),
+    }
+    fleet = drill.fleet(server.url, env=shipped)
+    with fleet.client() as client:
+        job = client.submit(drill_texts(6_000))
+        wait_until(lambda: progress(job) >= 1_000, JOB_TIMEOUT_S)
+        fleet.worker.kill()
+        held = client.redis.hlen(keys.job_leases_key(job.id))
+        fleet.add_node()
+        ready = time.monotonic()
+        job.wait(timeout=JOB_TIMEOUT_S)
+        recovery = time.monotonic() - ready
+        verdict = verify(client, job)
+    drill_report.add(
+        DrillRow(
+            "kill -9 the worker main process and its children mid-job; a new node starts",
+            verdict.rows_lost,
+            verdict.duplicates,
+            verdict.counts_exact,
+            recovery,
+            f"{held} chunks were held by the dead node; shipped defaults (TTL "
+            f"{DEFAULTS.heartbeat_ttl_s:.0f} s, grace {DEFAULTS.reconcile_grace_s:.0f} s)",
+        )
+    )
+    assert (verdict.rows_lost, verdict.duplicates, verdict.counts_exact) == (0, 0, True)
+    assert recovery < 120
+
+
+def test_sigterm_requeues_running_chunks(drill: Drill, drill_report: DrillReport) -> None:
+    server = drill.redis()
+    fleet = drill.fleet(server.url)
+    with fleet.client() as client:
+        job = client.submit(drill_texts(8_000))
+        wait_until(lambda: progress(job) >= 1_000, JOB_TIMEOUT_S)
+        code = fleet.worker.stop()
+        stopped = progress(job)
+        fleet.add_node()
+        ready = time.monotonic()
+        job.wait(timeout=JOB_TIMEOUT_S)
+        recovery = time.monotonic() - ready
+        verdict = verify(client, job)
+    drill_report.add(
+        DrillRow(
+            "SIGTERM the worker mid-job, then a new node",
+            verdict.rows_lost,
+            verdict.duplicates,
+            verdict.counts_exact,
+            recovery,
+            f"warm shutdown exited {code} at {stopped}/8,000",
+        )
+    )
+    assert code == 0
+    assert (verdict.rows_lost, verdict.duplicates, verdict.counts_exact) == (0, 0, True)
+
+
+def test_poison_text_fails_only_its_input(drill: Drill, drill_report: DrillReport) -> None:
+    server = drill.redis()
+    fleet = drill.fleet(server.url, worker_args=["--include", "tests.drills.poison"])
+    with fleet.client() as client:
+        texts = drill_texts(10)
+        texts[7] = POISON
+        job = client.submit(texts)
+        started = time.monotonic()
+        record = job.wait(timeout=JOB_TIMEOUT_S)
+        ended = time.monotonic() - started
+        failures = int(client.redis.hget(keys.job_attempts_key(job.id), "failures:0") or 0)
+        with pytest.raises(JobFailedError) as failed:
+            job.result()
+        after = client.embed(drill_texts(50), timeout=JOB_TIMEOUT_S)
+    deaths = fleet.worker.log_text().count("exited with 'signal 9")
+    drill_report.add(
+        DrillRow(
+            "poison text (kills its process)",
+            "1 (the poison)",
+            0,
+            record.done == 9,
+            ended,
+            f"{deaths} processes died, {failures} failures counted; the job failed naming "
+            f"input {failed.value.positions}; the next job succeeded",
+        )
+    )
+    assert record.state.value == "failed" and "inputs 7 failed" in record.error
+    assert failed.value.positions == [7] and record.done == 9 and record.failed == 1
+    assert deaths <= 3 and failures < 3
+    assert after.shape == (50, 384)
+
+
+def test_last_worker_stops(drill: Drill, drill_report: DrillReport) -> None:
+    server = drill.redis()
+    fleet = drill.fleet(server.url)
+    with fleet.client() as client:
+        job = client.submit(drill_texts(30_000))
+        wait_until(lambda: progress(job) >= 500, JOB_TIMEOUT_S)
+        stopped = time.monotonic()
+        fleet.worker.stop()
+
+        def refused() -> bool:
+            try:
+                client.submit(drill_texts(1))
+            except FleetUnavailableError:
+                return True
+            return False
+
+        refusal = wait_until(refused, 30)
+        cli = run_cli_with(fleet.settings, "submit", str(_one_line_file(drill)))
+        record = job.wait(timeout=JOB_TIMEOUT_S)
+        ended = time.monotonic() - stopped
+    drill_report.add(
+        DrillRow(
+            "last worker stops",
+            "— (job failed)",
+            0,
+            "—",
+            ended,
+            f"submits refused after {refusal:.1f} s (CLI exit {cli.returncode}); the running job "
+            f"ended failed {ended:.1f} s after the stop (stall timeout 10 s)",
+        )
+    )
+    assert refusal < 30 and cli.returncode == 5 and "no live worker" in cli.stderr
+    assert record.state.value == "failed" and "no live worker served build" in record.error
+    assert ended < 10 + 15
+
+
+def _one_line_file(drill: Drill) -> Path:
+    path = drill.tmp / "one.txt"
+    path.write_text("one line\n")
+    return path
