@@ -10,7 +10,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 export EMBED_MODEL_DIR ?= $(abspath $(ARTIFACT))
 
-.PHONY: install artifact lint test test-unit demo bench clean
+.PHONY: install artifact lint test test-unit drills demo bench clean
 
 install: $(VENV)/.installed
 
@@ -30,10 +30,14 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: install artifact lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not drill"
+
+# Fault drills on real processes (about 10 minutes); .ci/run runs them after `make test`.
+drills: install artifact
+	$(PY) -m pytest -q -ra -m drill tests/drills
 
 test-unit: install
-	$(PY) -m pytest -q -m "not fleet and not slow"
+	$(PY) -m pytest -q -m "not fleet and not slow and not drill"
 
 demo: install artifact
 	$(PY) -m localfleet.demo

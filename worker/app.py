@@ -78,7 +78,7 @@ def count_revoked_chunk(request: Any = None, terminated: bool = False, **_: Any)
     job_id, _dot, chunk = str(getattr(request, "id", "") or "").rpartition(".")
     if node is None or not chunk.isdigit():
         return
-    node.cancel_chunk(ChunkRef(job_id, int(chunk)), "was cancelled (revoked by an operator)")
+    node.cancel_chunk(ChunkRef(job_id, int(chunk)), f"chunk {chunk} was cancelled (revoked by an operator)")
 
 
 @worker_process_init.connect

@@ -133,11 +133,7 @@ class Reconciler:
         cleared = [chunk for chunk in marks if chunk not in orphans]
         if cleared:
             pipe.hdel(key, *cleared)
-        due = [
-            chunk
-            for chunk in orphans
-            if chunk in marks and now - marks[chunk] >= self.settings.reconcile_grace_s
-        ]
+        due = [chunk for chunk in orphans if now - marks.get(chunk, now) >= self.settings.reconcile_grace_s]
         fresh = {str(chunk): now for chunk in orphans if chunk not in marks or chunk in due}
         if fresh:
             pipe.hset(key, mapping=fresh)  # type: ignore[arg-type]
