@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
@@ -101,11 +102,27 @@ class ChunkRef:
         return {"job_id": self.job_id, "chunk": self.chunk}
 
     @classmethod
+    def from_task_id(cls, task_id: str) -> ChunkRef | None:
+        """The chunk a task id names, or None for a task id of another kind."""
+        job_id, _, chunk = task_id.rpartition(".")
+        return cls(job_id, int(chunk)) if job_id and chunk.isdigit() else None
+
+    @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, object]) -> ChunkRef:
         job_id, chunk = kwargs.get("job_id"), kwargs.get("chunk")
         if not isinstance(job_id, str) or not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
             raise ValueError(f"not a chunk reference: job_id={job_id!r:.40}, chunk={chunk!r:.20}")
         return cls(job_id, chunk)
+
+
+def task_id_of(raw_message: bytes | str) -> str:
+    """The task id in a raw Celery message as kombu keeps it in a Redis list ("" if unreadable)."""
+    try:
+        message = json.loads(raw_message)
+    except ValueError:
+        return ""
+    headers = message.get("headers") if isinstance(message, dict) else None
+    return str(headers.get("id", "")) if isinstance(headers, dict) else ""
 
 
 def pack_digests(digests: list[str]) -> bytes:

@@ -106,6 +106,11 @@ def builds_key(model_name: str) -> str:
     return f"{FLEET_PREFIX}:builds:{model_name}"
 
 
+def carried_key(task_id: str) -> str:
+    """String with a TTL: the chunks a running task carried off its queue (worker.gathering)."""
+    return f"{FLEET_PREFIX}:carried:{task_id}"
+
+
 def reconciler_lock_key() -> str:
     """String with a TTL: the node whose turn it is to sweep, so one sweep runs at a time."""
     return f"{FLEET_PREFIX}:reconciler"

@@ -32,3 +32,11 @@ def lane_for(texts_to_embed: int, interactive_max_texts: int, priority: Lane | N
     if priority is not None:
         return Lane(priority)
     return Lane.INTERACTIVE if texts_to_embed <= interactive_max_texts else Lane.BULK
+
+
+def lane_of(queue: str) -> Lane | None:
+    """The lane a queue of the fleet carries, or None for any other queue."""
+    prefix, _, lane = queue.rpartition(".")
+    if not prefix.startswith(f"{QUEUE_PREFIX}."):
+        return None
+    return Lane(lane) if lane in Lane._value2member_map_ else None

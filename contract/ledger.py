@@ -7,12 +7,14 @@ lost reply, or a chunk delivered twice, never counts twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 
 import redis
 from pydantic import ValidationError
+from redis.typing import EncodableT
 
 from contract import keys
 from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, describe_positions, pack_positions
@@ -51,6 +53,19 @@ class ChunkOutcome:
     truncated: int = 0
     error: str = ""
     failed_positions: bytes = b""
+
+
+def _claim(reply: Sequence[object]) -> Claim:
+    status, payload, failures, last_error, total, fingerprint, poison = reply
+    return Claim(
+        ClaimStatus(as_text(status)),
+        as_bytes(payload),
+        int(as_text(failures)),
+        as_text(last_error),
+        int(as_text(total)),
+        as_text(fingerprint),
+        frozenset(int(index) for index in as_text(poison).split(",") if index),
+    )
 
 
 def failed_outcome(payload: ChunkPayload | None, error: str) -> ChunkOutcome:
@@ -93,27 +108,22 @@ class JobLedger:
         return float(seconds) + micros / 1e6
 
     def claim(self, ref: ChunkRef, node: str, lease_s: float) -> Claim:
-        job = ref.job_id
-        reply = self._claim(
-            keys=[
+        return self.claim_many([ref], node, lease_s)[0]
+
+    def claim_many(self, refs: Sequence[ChunkRef], node: str, lease_s: float) -> list[Claim]:
+        """Claim several chunks in one round trip (a worker batching small chunks together)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for ref in refs:
+            job = ref.job_id
+            chunk_keys = [
                 keys.job_key(job),
                 keys.job_chunks_done_key(job),
                 keys.job_payloads_key(job),
                 keys.job_leases_key(job),
                 keys.job_attempts_key(job),
-            ],
-            args=[ref.chunk, node, int(lease_s)],
-        )
-        status, payload, failures, last_error, total, fingerprint, poison = reply
-        return Claim(
-            ClaimStatus(as_text(status)),
-            as_bytes(payload),
-            int(failures),
-            as_text(last_error),
-            int(total),
-            as_text(fingerprint),
-            frozenset(int(index) for index in as_text(poison).split(",") if index),
-        )
+            ]
+            self._claim(keys=chunk_keys, args=[ref.chunk, node, int(lease_s)], client=pipe)
+        return [_claim(reply) for reply in pipe.execute()]
 
     def mark_running(self, ref: ChunkRef, index: int | None) -> None:
         """During an isolated retry: which text runs now (None: none), so a death names its text."""
@@ -137,30 +147,34 @@ class JobLedger:
 
     def complete(self, ref: ChunkRef, outcome: ChunkOutcome) -> int:
         """Count the chunk once (done or failed) and announce progress; see complete_chunk.lua."""
-        job = ref.job_id
-        return int(
-            self._complete(
-                keys=[
-                    keys.job_key(job),
-                    keys.job_chunks_done_key(job),
-                    keys.job_payloads_key(job),
-                    keys.job_leases_key(job),
-                    keys.job_orphans_key(job),
-                    keys.job_failed_positions_key(job),
-                    keys.running_jobs_key(),
-                ],
-                args=[
-                    ref.chunk,
-                    outcome.done,
-                    outcome.failed,
-                    outcome.truncated,
-                    outcome.error,
-                    outcome.failed_positions,
-                    keys.job_channel(job),
-                    job,
-                ],
-            )
-        )
+        return self.complete_many([(ref, outcome)])[0]
+
+    def complete_many(self, outcomes: Sequence[tuple[ChunkRef, ChunkOutcome]]) -> list[int]:
+        """Count several chunks in one round trip; each is counted once, as with `complete`."""
+        pipe = self.redis.pipeline(transaction=False)
+        for ref, outcome in outcomes:
+            job = ref.job_id
+            chunk_keys = [
+                keys.job_key(job),
+                keys.job_chunks_done_key(job),
+                keys.job_payloads_key(job),
+                keys.job_leases_key(job),
+                keys.job_orphans_key(job),
+                keys.job_failed_positions_key(job),
+                keys.running_jobs_key(),
+            ]
+            args: list[EncodableT] = [
+                ref.chunk,
+                outcome.done,
+                outcome.failed,
+                outcome.truncated,
+                outcome.error,
+                outcome.failed_positions,
+                keys.job_channel(job),
+                job,
+            ]
+            self._complete(keys=chunk_keys, args=args, client=pipe)
+        return [int(counted) for counted in pipe.execute()]
 
     def end_job(
         self, job_id: str, state: JobState, error: str, unless_progress_since: float | None = None

@@ -13,6 +13,7 @@ from redis.retry import Retry
 
 from contract.settings import FleetSettings
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
 MASK = "***"

@@ -46,6 +46,9 @@ class FleetSettings(BaseSettings):
     interactive_max_texts: int = Field(
         64, ge=0, description="jobs with at most this many texts to embed ride the interactive lane"
     )
+    gather_max_chunks: int = Field(
+        32, ge=0, description="waiting interactive chunks a worker process runs with its own (0 = none)"
+    )
     max_job_texts: int = Field(100_000, gt=0, description="texts per submitted job")
     max_text_chars: int = Field(
         8_192, gt=0, description="characters kept before tokenising (tokenisation is superlinear)"

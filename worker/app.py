@@ -75,10 +75,10 @@ def leave_fleet(**_: Any) -> None:
 def count_revoked_chunk(request: Any = None, terminated: bool = False, **_: Any) -> None:
     """A chunk revoked from Flower or `celery control revoke` counts failed (cancelled): its job ends."""
     node = current_node()
-    job_id, _dot, chunk = str(getattr(request, "id", "") or "").rpartition(".")
-    if node is None or not chunk.isdigit():
+    ref = ChunkRef.from_task_id(str(getattr(request, "id", "") or ""))
+    if node is None or ref is None:
         return
-    node.cancel_chunk(ChunkRef(job_id, int(chunk)), f"chunk {chunk} was cancelled (revoked by an operator)")
+    node.cancel_chunk(ref, f"chunk {ref.chunk} was cancelled (revoked by an operator)")
 
 
 @worker_process_init.connect

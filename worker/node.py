@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery
 
+from contract.celery_config import EMBED_TASK
 from contract.fleet_registry import FleetRegistry, NodeAdvert
 from contract.jobs import ChunkRef
 from contract.ledger import JobLedger, failed_outcome
 from contract.manifest import Manifest
 from contract.redis_connection import connect
 from contract.settings import FleetSettings
+from worker.gathering import carried_by
 from worker.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,16 @@ class WorkerNode:
             log.warning("chunk %s of job %s: %s (failure %d)", ref.chunk, ref.job_id, error, failures)
         except redis.RedisError as exc:
             log.warning("could not count a failure of chunk %s of job %s: %s", ref.chunk, ref.job_id, exc)
+
+    def release_carried(self, carrier_task_id: str, error: str) -> None:
+        """The chunks a dead task carried: a failure each, then back on their queue at once."""
+        try:
+            queue, carried = carried_by(self.fast_ledger.redis, carrier_task_id)
+            for ref in carried:
+                self.fast_ledger.record_failure(ref, error)
+                self.app.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, task_id=ref.task_id)
+        except Exception as exc:  # the reconciler sends them again once their lease runs out
+            log.warning("could not send back the chunks task %s carried: %s", carrier_task_id, exc)
 
     def cancel_chunk(self, ref: ChunkRef, reason: str) -> None:
         """A revoked chunk never runs: count it failed (cancelled), so its job still ends."""

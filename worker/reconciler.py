@@ -13,7 +13,6 @@ one sweep by hand.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -23,15 +22,14 @@ from celery import Celery
 from contract import keys
 from contract.celery_config import EMBED_TASK
 from contract.fleet_registry import FleetRegistry
-from contract.jobs import ChunkRef, JobRecord, JobState
+from contract.jobs import ChunkRef, JobRecord, JobState, task_id_of
 from contract.lanes import Lane, queue_name
 from contract.ledger import JobLedger, failed_outcome
-from contract.redis_connection import as_text, connect
+from contract.redis_connection import REDIS_SCHEMES, as_text, connect
 from contract.settings import FleetSettings
 
 QUEUE_PAGE = 1_000
 LOCK_SHARE_OF_INTERVAL = 0.9
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass
@@ -160,7 +158,7 @@ class Reconciler:
         length = self.broker.llen(queue)
         for start in range(0, length, QUEUE_PAGE):
             for raw in self.broker.lrange(queue, start, start + QUEUE_PAGE - 1):
-                task_id = _task_id(raw)
+                task_id = task_id_of(raw)
                 if task_id:
                     found.add(task_id)
         return found
@@ -170,12 +168,3 @@ class Reconciler:
         if not url.startswith(REDIS_SCHEMES):
             return None
         return cache if url == self.settings.cache_url else connect(url, self.settings)
-
-
-def _task_id(raw: bytes | str) -> str:
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return ""
-    headers = message.get("headers") if isinstance(message, dict) else None
-    return str(headers.get("id", "")) if isinstance(headers, dict) else ""

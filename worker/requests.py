@@ -4,7 +4,8 @@ When a pool child dies (SIGKILL, the OOM killer, a segfault in a kernel) or hits
 limit, no code of the task runs again; the main process requeues the message
 (`task_reject_on_worker_lost`, `task_acks_on_timeout=False`). Counting the failure here, before
 the requeue, is what stops a text that always kills its process after EMBED_MAX_CHUNK_ATTEMPTS.
-Counting failures, not deliveries, keeps a chunk that was merely delivered twice alive.
+Counting failures, not deliveries, keeps a chunk that was merely delivered twice alive. Chunks the
+task carried off the interactive queue (worker.gathering) count a failure too and are sent again.
 """
 
 from __future__ import annotations
@@ -43,3 +44,4 @@ class ChunkRequest(Request):
         except ValueError:
             return
         node.record_failure(ref, error)
+        node.release_carried(self.id, error)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import redis
 
 from contract.ledger import JobLedger
-from contract.redis_connection import connect
+from contract.redis_connection import REDIS_SCHEMES, connect
 from contract.settings import FleetSettings, get_settings
 from contract.vector_cache import VectorCache
 from worker.engine import EmbeddingEngine
+from worker.gathering import QueueGatherer
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class ProcessRuntime:
     redis: redis.Redis
     cache: VectorCache
     ledger: JobLedger
+    gatherer: QueueGatherer
 
 
 _runtime: ProcessRuntime | None = None
@@ -40,12 +42,20 @@ def open_runtime(settings: FleetSettings | None = None) -> ProcessRuntime:
         engine = EmbeddingEngine(settings.model_dir, settings)
         engine.warm_up()
         client = connect(settings.cache_url, settings)
+        broker = None
+        if settings.broker_url.startswith(REDIS_SCHEMES):
+            broker = (
+                client
+                if settings.broker_url == settings.cache_url
+                else connect(settings.broker_url, settings)
+            )
         _runtime = ProcessRuntime(
             settings,
             engine,
             client,
             VectorCache(client, settings.cache_ttl_s, settings.fetch_batch_size),
             JobLedger(client),
+            QueueGatherer(broker, client, settings.gather_max_chunks, settings.lease_s()),
         )
         log.info(
             "engine ready: %s (%s), %d intra-op threads",

@@ -8,6 +8,7 @@ nothing could be counted. No path acks a chunk that was not counted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import redis
@@ -16,6 +17,7 @@ from celery.exceptions import Reject, Retry
 
 from contract.celery_config import EMBED_TASK
 from contract.jobs import ChunkRef
+from contract.lanes import Lane, lane_of
 from worker.app import app
 from worker.chunk_runner import ChunkRunner, RetryableChunkError
 from worker.runtime import open_runtime
@@ -30,17 +32,33 @@ def embed_chunk(self: Task, **fields: object) -> str:
     except ValueError as exc:
         log.error("dropped a message that names no chunk: %s", exc)
         return "refused: names no chunk"
-    runner = ChunkRunner(open_runtime(), node=self.request.hostname or "")
+    runtime = open_runtime()
+    queue = str((self.request.delivery_info or {}).get("routing_key") or "")
+    carried = runtime.gatherer.take(queue) if lane_of(queue) is Lane.INTERACTIVE else []
+    if carried:
+        runtime.gatherer.note(self.request.id, queue, carried)
+
+    def republish(chunk: ChunkRef) -> None:
+        app.send_task(EMBED_TASK, kwargs=chunk.to_kwargs(), queue=queue, task_id=chunk.task_id)
+
+    runner = ChunkRunner(runtime, node=self.request.hostname or "", republish=republish)
     try:
-        return runner.run(ref)
+        return runner.run(ref, carried)
     except redis.RedisError as exc:
         log.warning(
             "chunk %s of job %s goes back to the queue: Redis unavailable (%s)", ref.chunk, ref.job_id, exc
         )
+        for chunk in carried:  # they left the queue with this task: send them back too
+            with contextlib.suppress(Exception):
+                republish(chunk)
         raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
     except RetryableChunkError as exc:
         log.warning("%s; retrying", exc)
         raise _retry(self, exc) from exc
+    finally:
+        if carried:
+            with contextlib.suppress(redis.RedisError):
+                runtime.gatherer.forget(self.request.id)
 
 
 def _retry(task: Task, exc: Exception) -> Exception:

@@ -1,0 +1,217 @@
+"""Small requests against a real fleet: latency and throughput of 1-text jobs, alone and beside bulk.
+
+    .venv/bin/python bench/load.py [--clients 1 8 32] [--seconds 15] [--bulk-n 50000] [--markdown OUT.md]
+
+Every phase runs on the same fleet in one sitting (private redis-server, `celery -A worker
+worker`, 2 prefork processes x 1 thread): the bulk job alone; N client threads each sending
+1-text jobs (and a 1/4/16 mix) back to back, latency from submit to vectors in hand; one 1-text
+job behind a 10,000-text backlog; a 50,000-text bulk job with interactive requests beside it.
+Every text is new (nothing is served from the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet import ROOT, bench_sentences, cpu_model
+
+from localfleet.fleet import LocalFleet, fleet_env
+from localfleet.redis_server import start_redis
+from producer import EmbeddingClient
+
+PROCESSES = 2
+MIX = (1, 4, 16)
+PACE_S = 0.1
+MS = 1_000.0
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    jobs: int = 0
+    texts: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies_s)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * MS
+
+    def row(self, bulk_rate: float) -> str:
+        rate = self.texts / self.seconds
+        return (
+            f"| {self.name} | {self.jobs:,} | {self.jobs / self.seconds:,.0f} | {rate:,.0f} | "
+            f"{rate / bulk_rate:.0%} | {self.percentile(0.50):.1f} | {self.percentile(0.95):.1f} | "
+            f"{self.percentile(0.99):.1f} | {self.note} |"
+        )
+
+
+class TextSource:
+    """Fresh texts on demand: STS-B sentences with a counter, so no request is a cache hit."""
+
+    def __init__(self, sentences: list[str]) -> None:
+        self.sentences = sentences
+        self.counter = itertools.count()
+        self.tag = os.urandom(3).hex()
+
+    def take(self, count: int) -> list[str]:
+        numbers = [next(self.counter) for _ in range(count)]
+        return [f"{self.sentences[n % len(self.sentences)]} ({self.tag}.{n})" for n in numbers]
+
+
+def run_clients(
+    fleet: LocalFleet, source: TextSource, clients: int, seconds: float, sizes: tuple[int, ...]
+) -> Phase:
+    phase = Phase(f"{clients} clients, jobs of {'/'.join(map(str, sizes))} texts", seconds)
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client_loop(index: int) -> None:
+        sizes_cycle = itertools.cycle(sizes[index % len(sizes) :] + sizes[: index % len(sizes)])
+        with fleet.client() as client:
+            while time.perf_counter() < stop:
+                texts = source.take(next(sizes_cycle))
+                started = time.perf_counter()
+                client.embed(texts, timeout=60)
+                took = time.perf_counter() - started
+                with lock:
+                    phase.jobs += 1
+                    phase.texts += len(texts)
+                    phase.latencies_s.append(took)
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    phase.seconds = time.perf_counter() - started
+    return phase
+
+
+def bulk_alone(client: EmbeddingClient, texts: list[str]) -> Phase:
+    started = time.perf_counter()
+    client.submit(texts, priority="bulk").wait(timeout=600)
+    return Phase(f"bulk: one {len(texts):,}-text job", time.perf_counter() - started, 1, len(texts))
+
+
+def behind_backlog(client: EmbeddingClient, source: TextSource, backlog: int) -> Phase:
+    bulk = client.submit(source.take(backlog), priority="bulk")
+    time.sleep(0.2)
+    started = time.perf_counter()
+    client.embed(source.take(1), timeout=60)
+    took = time.perf_counter() - started
+    bulk_left = bulk.status()
+    bulk.wait(timeout=600)
+    phase = Phase(f"one 1-text job just after a {backlog:,}-text job", took, 1, 1, [took])
+    phase.note = f"bulk job {bulk_left.done:,}/{backlog:,} done when it returned"
+    return phase
+
+
+def beside_bulk(
+    fleet: LocalFleet, client: EmbeddingClient, source: TextSource, bulk_texts: list[str]
+) -> tuple[Phase, Phase]:
+    """Interactive 1-text jobs every PACE_S while a bulk job runs; the bulk job's own rate."""
+    done = threading.Event()
+    interactive = Phase(
+        f"1-text jobs every {PACE_S * MS:.0f} ms beside a {len(bulk_texts):,}-text bulk job", 0.0
+    )
+
+    def paced() -> None:
+        with fleet.client() as own:
+            while not done.is_set():
+                started = time.perf_counter()
+                own.embed(source.take(1), timeout=60)
+                interactive.latencies_s.append(time.perf_counter() - started)
+                interactive.jobs += 1
+                interactive.texts += 1
+                time.sleep(max(0.0, PACE_S - (time.perf_counter() - started)))
+
+    thread = threading.Thread(target=paced)
+    started = time.perf_counter()
+    job = client.submit(bulk_texts, priority="bulk")
+    thread.start()
+    job.wait(timeout=900)
+    seconds = time.perf_counter() - started
+    done.set()
+    thread.join()
+    interactive.seconds = seconds
+    bulk = Phase(
+        f"bulk: the same {len(bulk_texts):,} texts, new, with the interactive load beside",
+        seconds,
+        1,
+        len(bulk_texts),
+    )
+    return interactive, bulk
+
+
+def measure(args: argparse.Namespace, workdir: Path, source: TextSource) -> list[Phase]:
+    with ExitStack() as stack:
+        server = start_redis(workdir)
+        stack.callback(server.stop)
+        settings, env = fleet_env(
+            {
+                "EMBED_BROKER_URL": server.url,
+                "EMBED_MODEL_DIR": str(args.model_dir),
+                "EMBED_WORKER_CONCURRENCY": str(PROCESSES),
+                "EMBED_INTRA_OP_THREADS": "1",
+                **dict(item.split("=", 1) for item in args.env),
+            }
+        )
+        fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
+        fleet.start()
+        client = stack.enter_context(fleet.client())
+        client.embed(source.take(64))  # warm both processes
+        phases = [bulk_alone(client, source.take(args.bulk_n))]
+        for clients in args.clients:
+            phases.append(run_clients(fleet, source, clients, args.seconds, (1,)))
+        phases.append(run_clients(fleet, source, max(args.clients), args.seconds, MIX))
+        phases.append(behind_backlog(client, source, 10_000))
+        phases.extend(beside_bulk(fleet, client, source, source.take(args.bulk_n)))
+    return phases
+
+
+def render(phases: list[Phase]) -> str:
+    bulk_rate = phases[0].texts / phases[0].seconds
+    lines = [
+        "| workload | jobs | jobs/s | texts/s | of bulk | p50 ms | p95 ms | p99 ms | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    return "\n".join(lines + [phase.row(bulk_rate) for phase in phases])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--bulk-n", type=int, default=50_000)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "artifacts/all-MiniLM-L6-v2")
+    parser.add_argument("--env", nargs="*", default=[], help="EMBED_X=value for the fleet and the clients")
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    args.model_dir = args.model_dir.resolve()
+    source = TextSource(bench_sentences(8_000))
+    with tempfile.TemporaryDirectory(prefix="embedfleet-load-") as workdir:
+        phases = measure(args, Path(workdir), source)
+    when = time.strftime("%Y-%m-%d %H:%M")
+    header = f"CPU: {cpu_model()}, {os.cpu_count()} cores; fleet: {PROCESSES} processes x 1 thread; {when}"
+    report = f"{header}\n\n{render(phases)}\n"
+    print(report)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
