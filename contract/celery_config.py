@@ -55,9 +55,10 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_S,
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": max(1, settings.task_time_limit_s - SOFT_LIMIT_MARGIN_S),
-        # Flower needs task events.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost three publishes per chunk; Flower switches them on while it watches
+        # (`celery -A worker worker -E` keeps them on).
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "worker_concurrency": settings.processes(),
         "worker_hijack_root_logger": False,
     }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from enum import Enum
+from functools import cache
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
@@ -54,13 +55,17 @@ class JobRecord:
     error: str = ""
 
     def to_redis(self) -> dict[FieldT, EncodableT]:
-        return {key: _text(value) for key, value in asdict(self).items()}
+        return {spec.name: _text(getattr(self, spec.name)) for spec in fields(self)}
 
     @classmethod
     def from_redis(cls, raw: Mapping[bytes | str, bytes | str]) -> JobRecord:
-        data = {_str(key): _str(value) for key, value in raw.items()}
-        kwargs = {spec.name: _parse(spec.type, data[spec.name]) for spec in fields(cls) if spec.name in data}
-        return cls(**kwargs)  # type: ignore[arg-type]
+        parsers = _record_parsers()
+        kwargs = {}
+        for key, value in raw.items():
+            name = _str(key)
+            if name in parsers:
+                kwargs[name] = parsers[name](_str(value))
+        return cls(**kwargs)
 
 
 class ChunkPayload(BaseModel):
@@ -100,6 +105,14 @@ class ChunkRef:
 
     def to_kwargs(self) -> dict[str, object]:
         return {"job_id": self.job_id, "chunk": self.chunk}
+
+    def send_options(self) -> dict[str, str]:
+        """Celery `send_task` options: the stable task id, and the summary monitoring shows."""
+        return {
+            "task_id": self.task_id,
+            "argsrepr": "()",
+            "kwargsrepr": f"job {self.job_id} chunk {self.chunk}",
+        }
 
     @classmethod
     def from_task_id(cls, task_id: str) -> ChunkRef | None:
@@ -159,6 +172,7 @@ def _str(value: bytes | str) -> str:
 FIELD_TYPES: dict[object, type] = {"int": int, "float": float, "str": str, "JobState": JobState, "Lane": Lane}
 
 
-def _parse(annotation: object, value: str) -> object:
+@cache
+def _record_parsers() -> dict[str, type]:
     """Field annotations are strings here (postponed evaluation); Redis gives every value as text."""
-    return FIELD_TYPES.get(annotation, str)(value)
+    return {spec.name: FIELD_TYPES.get(spec.type, str) for spec in fields(JobRecord)}

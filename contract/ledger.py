@@ -14,6 +14,7 @@ from importlib import resources
 
 import redis
 from pydantic import ValidationError
+from redis.client import Pipeline
 from redis.typing import EncodableT
 
 from contract import keys
@@ -153,28 +154,32 @@ class JobLedger:
         """Count several chunks in one round trip; each is counted once, as with `complete`."""
         pipe = self.redis.pipeline(transaction=False)
         for ref, outcome in outcomes:
-            job = ref.job_id
-            chunk_keys = [
-                keys.job_key(job),
-                keys.job_chunks_done_key(job),
-                keys.job_payloads_key(job),
-                keys.job_leases_key(job),
-                keys.job_orphans_key(job),
-                keys.job_failed_positions_key(job),
-                keys.running_jobs_key(),
-            ]
-            args: list[EncodableT] = [
-                ref.chunk,
-                outcome.done,
-                outcome.failed,
-                outcome.truncated,
-                outcome.error,
-                outcome.failed_positions,
-                keys.job_channel(job),
-                job,
-            ]
-            self._complete(keys=chunk_keys, args=args, client=pipe)
+            self.queue_complete(pipe, ref, outcome)
         return [int(counted) for counted in pipe.execute()]
+
+    def queue_complete(self, pipe: Pipeline, ref: ChunkRef, outcome: ChunkOutcome) -> None:
+        """Add counting one chunk to `pipe` (its reply: 1 counted, 0 already counted, -1 job gone)."""
+        job = ref.job_id
+        chunk_keys = [
+            keys.job_key(job),
+            keys.job_chunks_done_key(job),
+            keys.job_payloads_key(job),
+            keys.job_leases_key(job),
+            keys.job_orphans_key(job),
+            keys.job_failed_positions_key(job),
+            keys.running_jobs_key(),
+        ]
+        args: list[EncodableT] = [
+            ref.chunk,
+            outcome.done,
+            outcome.failed,
+            outcome.truncated,
+            outcome.error,
+            outcome.failed_positions,
+            keys.job_channel(job),
+            job,
+        ]
+        self._complete(keys=chunk_keys, args=args, client=pipe)
 
     def end_job(
         self, job_id: str, state: JobState, error: str, unless_progress_since: float | None = None

@@ -58,9 +58,6 @@ class FleetSettings(BaseSettings):
     )
     cache_ttl_s: int = Field(30 * DAY_S, gt=0)
     job_ttl_s: int = Field(7 * DAY_S, gt=0)
-    unpublished_job_ttl_s: int = Field(
-        300, gt=0, description="a job record whose chunks were never all published expires after this"
-    )
 
     token_budget: int = Field(8_192, gt=0, description="padded tokens per inference batch")
     max_batch_size: int = Field(64, gt=0)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import redis
+from redis.client import Pipeline
 
 from contract import keys
 from contract.codec import Matrix, encode_vector
@@ -18,31 +20,51 @@ class VectorCache:
         self.ttl_s = ttl_s
         self.fetch_batch_size = fetch_batch_size
 
-    def touch(self, fingerprint: str, digests: Sequence[str]) -> list[bool]:
-        """Which vectors exist. EXPIRE answers that and keeps each hit alive, in one command."""
+    def look(self, fingerprint: str, digests: Sequence[str]) -> tuple[list[bool], list[bool]]:
+        """Which vectors exist (their TTL renewed) and which texts were cut, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
+        self.queue_look(pipe, fingerprint, digests)
+        return self.read_look(pipe.execute(), len(digests))
+
+    def queue_look(self, pipe: Pipeline, fingerprint: str, digests: Sequence[str]) -> None:
+        """Add to `pipe`: EXPIRE per vector (it answers whether the vector exists and keeps a hit alive),
+        then one SMISMEMBER of the truncated set; `read_look` reads the replies."""
         for digest in digests:
             pipe.expire(keys.vector_key(fingerprint, digest), self.ttl_s)
-        return [bool(found) for found in pipe.execute()]
+        if digests:
+            pipe.smismember(keys.truncated_set_key(fingerprint), list(digests))
 
-    def truncated(self, fingerprint: str, digests: Sequence[str]) -> list[bool]:
-        if not digests:
-            return []
-        found = self.redis.smismember(keys.truncated_set_key(fingerprint), list(digests))
-        return [bool(flag) for flag in found]
+    @staticmethod
+    def read_look(replies: Sequence[object], count: int) -> tuple[list[bool], list[bool]]:
+        """(exists, truncated) from the last replies of a pipeline that `queue_look` added to."""
+        if not count:
+            return [], []
+        tail = list(replies[-(count + 1) :])
+        cut = cast(list[object], tail[-1])
+        return [bool(found) for found in tail[:-1]], [bool(flag) for flag in cut]
 
     def write(
         self, fingerprint: str, digests: Sequence[str], vectors: Matrix, truncated: Sequence[bool]
     ) -> None:
-        """Plain SETs of the same bytes: idempotent when a chunk runs twice."""
         pipe = self.redis.pipeline(transaction=False)
+        self.queue_write(pipe, fingerprint, digests, vectors, truncated)
+        pipe.execute()
+
+    def queue_write(
+        self,
+        pipe: Pipeline,
+        fingerprint: str,
+        digests: Sequence[str],
+        vectors: Matrix,
+        truncated: Sequence[bool],
+    ) -> None:
+        """Plain SETs of the same bytes: idempotent when a chunk runs twice."""
         for digest, vector in zip(digests, vectors, strict=True):
             pipe.set(keys.vector_key(fingerprint, digest), encode_vector(vector), ex=self.ttl_s)
         cut = [digest for digest, flag in zip(digests, truncated, strict=True) if flag]
         if cut:
             pipe.sadd(keys.truncated_set_key(fingerprint), *cut)
             pipe.expire(keys.truncated_set_key(fingerprint), self.ttl_s)
-        pipe.execute()
 
     def fetch(self, fingerprint: str, digests: Sequence[str]) -> list[bytes | None]:
         values: list[bytes | None] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -53,10 +55,27 @@ class EmbeddingClient:
         self.ledger = JobLedger(self.redis)
         self.registry = FleetRegistry(self.redis, self.settings.heartbeat_ttl_s)
         self.celery = make_celery(self.settings, main="producer")
+        self._builds: tuple[float, list[BuildAdvert]] = (0.0, [])
+        self._threads = threading.local()
 
     def close(self) -> None:
+        self.drop_thread_pubsub()
         self.redis.close()
         self.celery.close()
+
+    def thread_pubsub(self) -> redis.client.PubSub:
+        """This thread's pub/sub connection, kept for its next wait."""
+        pubsub: redis.client.PubSub | None = getattr(self._threads, "pubsub", None)
+        if pubsub is None:
+            pubsub = self._threads.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        return pubsub
+
+    def drop_thread_pubsub(self) -> None:
+        pubsub = getattr(self._threads, "pubsub", None)
+        self._threads.pubsub = None
+        if pubsub is not None:
+            with contextlib.suppress(redis.RedisError):
+                pubsub.close()
 
     def __enter__(self) -> EmbeddingClient:
         return self
@@ -98,7 +117,7 @@ class EmbeddingClient:
         texts = validate_texts(texts, self.settings.max_job_texts)
         build = self.build()
         plan = plan_job(texts, build.fingerprint)
-        hits = self.cache.touch(build.fingerprint, plan.unique_digests)
+        hits, cut = self.cache.look(build.fingerprint, plan.unique_digests)
         # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
         misses = sorted((i for i, hit in enumerate(hits) if not hit), key=lambda i: len(plan.unique_texts[i]))
         lane = lane_for(
@@ -115,7 +134,9 @@ class EmbeddingClient:
             lane=lane,
             chunks=len(spans),
             done=sum(plan.count(i) for i, hit in enumerate(hits) if hit),
-            truncated=self._truncated_hits(build.fingerprint, plan, hits),
+            truncated=sum(
+                plan.count(i) for i, (hit, flag) in enumerate(zip(hits, cut, strict=True)) if hit and flag
+            ),
             created=now,
             updated=now,
         )
@@ -130,7 +151,7 @@ class EmbeddingClient:
         }
         self._store(record, plan, payloads)
         self._publish(record)
-        return Job(self, record.id, texts=texts, priority=priority)
+        return Job(self, record.id, texts=texts, priority=priority, digests=plan.digests)
 
     def job(self, job_id: str) -> Job:
         job = Job(self, job_id)
@@ -147,21 +168,22 @@ class EmbeddingClient:
         return self.job(job_id).cancel()
 
     def _live_builds(self, name: str) -> list[BuildAdvert]:
+        """The registry's answer, reused for one heartbeat interval while it names a live build."""
+        expires, builds = self._builds
+        if builds and time.monotonic() < expires:
+            return builds
         try:
-            return self.registry.live_builds(name)
+            builds = self.registry.live_builds(name)
         except redis.RedisError as exc:
             raise RedisUnavailableError(
                 f"Redis at {mask_url(self.settings.cache_url)} is unreachable ({exc}): nothing was queued"
             ) from exc
-
-    def _truncated_hits(self, fingerprint: str, plan: JobPlan, hits: list[bool]) -> int:
-        hit_index = [i for i, hit in enumerate(hits) if hit]
-        flags = self.cache.truncated(fingerprint, [plan.unique_digests[i] for i in hit_index])
-        return sum(plan.count(i) for i, flag in zip(hit_index, flags, strict=True) if flag)
+        self._builds = (time.monotonic() + self.settings.heartbeat_interval_s, builds)
+        return builds
 
     def _store(self, record: JobRecord, plan: JobPlan, payloads: dict[str, str]) -> None:
-        """Write the whole job at once, short-lived until every chunk is published (no orphans)."""
-        ttl = self.settings.unpublished_job_ttl_s if record.chunks else self.settings.job_ttl_s
+        """Write the whole job at once, before any chunk is published."""
+        ttl = self.settings.job_ttl_s
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job_key(record.id), mapping=record.to_redis())
         pipe.expire(keys.job_key(record.id), ttl)
@@ -181,7 +203,7 @@ class EmbeddingClient:
         try:
             for chunk in range(record.chunks):
                 ref = ChunkRef(record.id, chunk)
-                self.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, task_id=ref.task_id)
+                self.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
                 sent += 1
         except Exception as exc:
             self._withdraw(record.id)
@@ -189,17 +211,9 @@ class EmbeddingClient:
                 f"the broker at {mask_url(self.settings.broker_url)} failed after {sent} of {record.chunks} "
                 f"chunks were queued ({type(exc).__name__}: {exc}); the job was withdrawn: submit it again"
             ) from exc
-        self._keep(record.id)
-
-    def _keep(self, job_id: str) -> None:
-        ttl = self.settings.job_ttl_s
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys.job_keys(job_id):
-            pipe.expire(key, ttl)
-        pipe.execute()
 
     def _withdraw(self, job_id: str) -> None:
-        """Best effort: what is left expires after EMBED_UNPUBLISHED_JOB_TTL_S anyway."""
+        """Best effort: a record left behind is finished by the reconciler, which sends its chunks."""
         try:
             pipe = self.redis.pipeline(transaction=True)
             pipe.delete(*keys.job_keys(job_id))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
@@ -44,12 +43,15 @@ class Job:
         job_id: str,
         texts: Sequence[str] | None = None,
         priority: Lane | str | None = None,
+        digests: list[str] | None = None,
     ) -> None:
         self.client = client
         self.id = job_id
         self.texts = texts
         self.priority = priority
         self._seen = texts is not None
+        self._digests_known = digests
+        self._final: JobRecord | None = None
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -59,6 +61,8 @@ class Job:
         if record is None:
             raise self._missing()
         self._seen = True
+        if record.state.finished:
+            self._final = record  # an ended job's record no longer changes
         return record
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> JobRecord:
@@ -68,7 +72,7 @@ class Job:
         and that makes no progress for EMBED_STALL_TIMEOUT_S is ended failed, saying so.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        watch = _ProgressWatch(self.client.redis, keys.job_channel(self.id))
+        watch = _ProgressWatch(self.client, keys.job_channel(self.id))
         watch.open()  # before the first status read, so no announcement falls between the two
         bar: tqdm | None = None
         stall = _StallClock()
@@ -101,7 +105,7 @@ class Job:
         that `submit` returned has them).
         """
         try:
-            record = self.status()
+            record = self._final or self.status()
         except JobLostError:
             if missing != "recompute" or self.texts is None:
                 raise
@@ -209,6 +213,8 @@ class Job:
         return min(pause, left)
 
     def _digests(self, record: JobRecord) -> list[str]:
+        if self._digests_known is not None and record.fingerprint:
+            return self._digests_known
         blob = self.client.redis.get(keys.job_digests_key(self.id))
         if blob:
             digests = unpack_digests(as_bytes(blob))
@@ -243,19 +249,21 @@ class Job:
 
 
 class _ProgressWatch:
-    """The job's pub/sub channel; a broken connection is dropped and re-subscribed on the next wait."""
+    """The job's pub/sub channel, on the calling thread's pub/sub connection (kept between waits:
+    a new connection per wait costs more than the rest of a small job's round trip). A broken
+    connection is dropped and a new one subscribes on the next wait."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
+    def __init__(self, client: EmbeddingClient, channel: str) -> None:
         self.client = client
         self.channel = channel
         self.pubsub: redis.client.PubSub | None = None
 
     def open(self) -> None:
         try:
-            self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            self.pubsub = self.client.thread_pubsub()
             self.pubsub.subscribe(self.channel)
         except (redis.ConnectionError, redis.TimeoutError):
-            self.close()
+            self._drop()
 
     def wait(self, timeout: float) -> None:
         """Until an announcement or `timeout`; after a lost connection, re-subscribe and return at once."""
@@ -263,16 +271,26 @@ class _ProgressWatch:
             time.sleep(min(timeout, OUTAGE_BACKOFF_S))
             self.open()
             return
+        deadline = time.monotonic() + timeout
         try:
-            self.pubsub.get_message(timeout=timeout)
+            while (left := deadline - time.monotonic()) > 0:
+                # Subscribe and unsubscribe confirmations come back as None: keep waiting past them.
+                if self.pubsub.get_message(timeout=left) is not None:
+                    return
         except (redis.ConnectionError, redis.TimeoutError):
-            self.close()
+            self._drop()
 
     def close(self) -> None:
         if self.pubsub is not None:
-            with contextlib.suppress(redis.RedisError):
-                self.pubsub.close()
+            try:
+                self.pubsub.unsubscribe(self.channel)
+            except redis.RedisError:
+                self._drop()
             self.pubsub = None
+
+    def _drop(self) -> None:
+        self.client.drop_thread_pubsub()
+        self.pubsub = None
 
 
 class _StallClock:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
+from functools import partial
+from typing import NoReturn, TypeVar
 
 import redis
 
@@ -55,15 +56,21 @@ class _GaveUp(Exception):
     """A chunk was counted failed for good (the message says why)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReadyChunk:
-    """A claimed chunk whose payload passed every check."""
+    """A claimed chunk whose payload parsed; `_inspect` adds what Redis holds for its texts."""
 
     ref: ChunkRef
     payload: ChunkPayload
     digests: list[str]
     failures: int
     poison: frozenset[int]
+    stored: dict[int, bytes] = field(default_factory=dict)
+    cached: list[bool] = field(default_factory=list)
+    cut: list[bool] = field(default_factory=list)
+
+    def positions(self) -> list[int]:
+        return [position for places in self.payload.positions for position in places]
 
 
 @dataclass
@@ -84,10 +91,13 @@ class BatchReport:
 
 
 Republish = Callable[[ChunkRef], None]
+T = TypeVar("T")
 
 
 @dataclass
 class ChunkRunner:
+    """A whole batch takes three round trips to Redis: claim, inspect (digests, cache), store and count."""
+
     runtime: ProcessRuntime
     node: str
     republish: Republish | None = None
@@ -97,39 +107,67 @@ class ChunkRunner:
         refs = [ref, *carried]
         claims = self.runtime.ledger.claim_many(refs, self.node, self.runtime.settings.lease_s())
         report = BatchReport(chunks=len(refs))
-        ready: list[ReadyChunk] = []
-        own_failure = ""
-        for chunk_ref, claim in zip(refs, claims, strict=True):
-            try:
-                chunk = self._prepare(chunk_ref, claim)
-            except _GaveUp as exc:
-                report.failed += 1
-                own_failure = str(exc) if chunk_ref == ref else own_failure
-                continue
-            if chunk is None:
-                report.skipped.append(claim.status.value)
-            else:
-                ready.append(chunk)
+        outcome = _Tally(ref, report)
+        prepared = [
+            outcome.guard(partial(self._prepare, r, c, report), r) for r, c in zip(refs, claims, strict=True)
+        ]
+        ready = self._inspect([chunk for chunk in prepared if chunk is not None])
+        ready = [chunk for chunk in ready if outcome.guard(partial(self._check_digests, chunk), chunk.ref)]
         self._run_together([c for c in ready if not c.failures], ref, report)
         for chunk in (c for c in ready if c.failures):
             self._run_apart(chunk, report)
-        if own_failure:
-            raise ChunkFailedError(own_failure)
+        if outcome.own_failure:
+            raise ChunkFailedError(outcome.own_failure)
         return str(report)
 
-    def _prepare(self, ref: ChunkRef, claim: Claim) -> ReadyChunk | None:
+    def _prepare(self, ref: ChunkRef, claim: Claim, report: BatchReport) -> ReadyChunk | None:
         """A chunk to run, None to skip, or _GaveUp once it is counted failed for good."""
         if claim.status is ClaimStatus.LOST:
             self._give_up(ref, None, "its texts are gone from Redis (evicted, or lost in a restart)")
         if claim.status is not ClaimStatus.RUN:
+            report.skipped.append(claim.status.value)
             return None
+        fingerprint = self.runtime.engine.fingerprint
         try:
-            payload, digests = self._checked_payload(ref, claim)
+            if claim.fingerprint != fingerprint:
+                raise PayloadRejected(
+                    f"the job was submitted for build {claim.fingerprint}, this worker serves {fingerprint}"
+                )
+            payload = parse_payload(claim.payload, self.runtime.settings.max_payload_bytes)
+            check_positions(payload, claim.total)
         except PayloadRejected as exc:
             self._give_up(ref, None, f"refused: {exc}")
         if claim.failures >= self.runtime.settings.max_chunk_attempts:
             self._give_up(ref, payload, f"failed {claim.failures} times; last error: {claim.last_error}")
+        digests = [digest_for(fingerprint, text) for text in payload.texts]
         return ReadyChunk(ref, payload, digests, claim.failures, claim.poison)
+
+    def _inspect(self, chunks: list[ReadyChunk]) -> list[ReadyChunk]:
+        """One round trip: the job's digest at every position, and what the cache holds of each text."""
+        cache, fingerprint = self.runtime.cache, self.runtime.engine.fingerprint
+        pipe = self.runtime.redis.pipeline(transaction=False)
+        for chunk in chunks:
+            key = keys.job_digests_key(chunk.ref.job_id)
+            for position in chunk.positions():
+                pipe.getrange(key, position * DIGEST_BYTES, (position + 1) * DIGEST_BYTES - 1)
+            cache.queue_look(pipe, fingerprint, chunk.digests)
+        replies = pipe.execute() if chunks else []
+        start = 0
+        for chunk in chunks:
+            positions = chunk.positions()
+            end = start + len(positions) + len(chunk.digests) + 1
+            chunk.stored = dict(zip(positions, replies[start : start + len(positions)], strict=True))
+            chunk.cached, chunk.cut = cache.read_look(replies[start:end], len(chunk.digests))
+            start = end
+        return chunks
+
+    def _check_digests(self, chunk: ReadyChunk) -> ReadyChunk:
+        """The worker trusts no producer: each text must hash to the job's digest at its positions."""
+        wrong = mismatched_positions(chunk.payload, chunk.digests, chunk.stored)
+        if wrong:
+            reason = f"refused: texts do not match the job's inputs at positions {describe_positions(wrong)}"
+            self._give_up(chunk.ref, None, reason)
+        return chunk
 
     def _run_together(self, chunks: list[ReadyChunk], own: ChunkRef, report: BatchReport) -> None:
         if not chunks:
@@ -140,6 +178,33 @@ class ChunkRunner:
             raise
         except Exception as exc:
             self._after_error(chunks, own, f"{type(exc).__name__}: {exc}", report)
+
+    def _embed_together(self, chunks: list[ReadyChunk], report: BatchReport) -> None:
+        """One engine pass over every text the cache lacks (each distinct text once), then one round
+        trip that stores the vectors and counts every chunk."""
+        engine, cache = self.runtime.engine, self.runtime.cache
+        texts: dict[str, str] = {}
+        truncated: dict[str, bool] = {}
+        for chunk in chunks:
+            for digest, text, hit, cut in zip(
+                chunk.digests, chunk.payload.texts, chunk.cached, chunk.cut, strict=True
+            ):
+                if hit:
+                    truncated[digest] = cut
+                else:
+                    texts[digest] = text
+        missing = [digest for digest in texts if digest not in truncated]
+        pipe = self.runtime.redis.pipeline(transaction=False)
+        if missing:
+            result = engine.embed([texts[digest] for digest in missing])
+            cache.queue_write(pipe, engine.fingerprint, missing, result.vectors, result.truncated)
+            truncated.update(zip(missing, result.truncated, strict=True))
+        for chunk in chunks:
+            outcome = chunk_outcome(chunk.payload, [truncated[d] for d in chunk.digests], {})
+            self.runtime.ledger.queue_complete(pipe, chunk.ref, outcome)
+        pipe.execute()
+        report.embedded += len(missing)
+        report.cached += sum(sum(chunk.cached) for chunk in chunks)
 
     def _after_error(self, chunks: list[ReadyChunk], own: ChunkRef, error: str, report: BatchReport) -> None:
         """Every chunk of a batch that raised counts a failure; each retries apart (or fails for good)."""
@@ -160,61 +225,13 @@ class ChunkRunner:
         if retry_own:
             raise RetryableChunkError(f"chunk {own.chunk} of job {own.job_id}: {error}")
 
-    def _checked_payload(self, ref: ChunkRef, claim: Claim) -> tuple[ChunkPayload, list[str]]:
-        """Parse and bound the payload and recompute every digest: the worker trusts no producer."""
-        fingerprint = self.runtime.engine.fingerprint
-        if claim.fingerprint != fingerprint:
-            raise PayloadRejected(
-                f"the job was submitted for build {claim.fingerprint}, this worker serves {fingerprint}"
-            )
-        payload = parse_payload(claim.payload, self.runtime.settings.max_payload_bytes)
-        check_positions(payload, claim.total)
-        digests = [digest_for(fingerprint, text) for text in payload.texts]
-        stored = self._stored_digests(ref.job_id, [p for places in payload.positions for p in places])
-        wrong = mismatched_positions(payload, digests, stored)
-        if wrong:
-            raise PayloadRejected(
-                f"texts do not match the job's inputs at positions {describe_positions(wrong)}"
-            )
-        return payload, digests
-
-    def _stored_digests(self, job_id: str, positions: list[int]) -> dict[int, bytes]:
-        pipe = self.runtime.redis.pipeline(transaction=False)
-        key = keys.job_digests_key(job_id)
-        for position in positions:
-            pipe.getrange(key, position * DIGEST_BYTES, (position + 1) * DIGEST_BYTES - 1)
-        return dict(zip(positions, pipe.execute(), strict=True))
-
-    def _embed_together(self, chunks: list[ReadyChunk], report: BatchReport) -> None:
-        """One engine pass over the texts of every chunk that the cache lacks, each distinct text once."""
-        engine, cache = self.runtime.engine, self.runtime.cache
-        digests = list(dict.fromkeys(d for chunk in chunks for d in chunk.digests))
-        texts = {d: t for chunk in chunks for d, t in zip(chunk.digests, chunk.payload.texts, strict=True)}
-        cached = dict(zip(digests, cache.touch(engine.fingerprint, digests), strict=True))
-        missing = [d for d in digests if not cached[d]]
-        truncated: dict[str, bool] = {}
-        if missing:
-            result = engine.embed([texts[d] for d in missing])
-            cache.write(engine.fingerprint, missing, result.vectors, result.truncated)
-            truncated.update(zip(missing, result.truncated, strict=True))
-        hits = [d for d in digests if cached[d]]
-        truncated.update(zip(hits, cache.truncated(engine.fingerprint, hits), strict=True))
-        outcomes = [
-            (chunk.ref, chunk_outcome(chunk.payload, [truncated[d] for d in chunk.digests], {}))
-            for chunk in chunks
-        ]
-        self.runtime.ledger.complete_many(outcomes)
-        report.embedded += len(missing)
-        report.cached += len(hits)
-
     def _run_apart(self, chunk: ReadyChunk, report: BatchReport) -> None:
         """Text by text, each announced first: the process that dies names the text that killed it."""
         engine, cache, ledger = self.runtime.engine, self.runtime.cache, self.runtime.ledger
         failed = {i: "killed the worker process that embedded it" for i in chunk.poison}
-        hits = cache.touch(engine.fingerprint, chunk.digests)
-        truncated = cache.truncated(engine.fingerprint, chunk.digests)
+        truncated = list(chunk.cut)
         for index, (text, digest) in enumerate(zip(chunk.payload.texts, chunk.digests, strict=True)):
-            if index in failed or hits[index]:
+            if index in failed or chunk.cached[index]:
                 continue
             ledger.mark_running(chunk.ref, index)
             try:
@@ -233,3 +250,21 @@ class ChunkRunner:
         """Count the chunk failed, naming its input positions, so its job ends; then say so."""
         self.runtime.ledger.complete(ref, failed_outcome(payload, f"chunk {ref.chunk} {reason}"))
         raise _GaveUp(f"chunk {ref.chunk} of job {ref.job_id} {reason}")
+
+
+@dataclass
+class _Tally:
+    """Counts the chunks a step gave up on, and remembers why when it was the task's own."""
+
+    own: ChunkRef
+    report: BatchReport
+    own_failure: str = ""
+
+    def guard(self, step: Callable[[], T | None], ref: ChunkRef) -> T | None:
+        try:
+            return step()
+        except _GaveUp as exc:
+            self.report.failed += 1
+            if ref == self.own:
+                self.own_failure = str(exc)
+            return None

@@ -94,7 +94,7 @@ class WorkerNode:
             queue, carried = carried_by(self.fast_ledger.redis, carrier_task_id)
             for ref in carried:
                 self.fast_ledger.record_failure(ref, error)
-                self.app.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, task_id=ref.task_id)
+                self.app.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
         except Exception as exc:  # the reconciler sends them again once their lease runs out
             log.warning("could not send back the chunks task %s carried: %s", carrier_task_id, exc)
 

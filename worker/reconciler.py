@@ -147,7 +147,7 @@ class Reconciler:
             report.lost.append(ref.task_id)
             return
         queue = queue_name(record.model, record.fingerprint, Lane(record.lane))
-        self.app.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, task_id=ref.task_id)
+        self.app.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
         report.resent.append(ref.task_id)
 
     def _queued_task_ids(self, queue: str) -> set[str] | None:

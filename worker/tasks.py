@@ -39,7 +39,7 @@ def embed_chunk(self: Task, **fields: object) -> str:
         runtime.gatherer.note(self.request.id, queue, carried)
 
     def republish(chunk: ChunkRef) -> None:
-        app.send_task(EMBED_TASK, kwargs=chunk.to_kwargs(), queue=queue, task_id=chunk.task_id)
+        app.send_task(EMBED_TASK, kwargs=chunk.to_kwargs(), queue=queue, **chunk.send_options())
 
     runner = ChunkRunner(runtime, node=self.request.hostname or "", republish=republish)
     try:

@@ -110,6 +110,7 @@ def test_a_chunk_failed_for_good_shows_as_failure_in_the_event_stream(
             receivers.append(receiver)
             receiver.capture(limit=None, timeout=None, wakeup=False)  # until should_stop
 
+    app.control.enable_events()  # as Flower does when it starts watching
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
     time.sleep(1)
@@ -121,6 +122,7 @@ def test_a_chunk_failed_for_good_shows_as_failure_in_the_event_stream(
         time.sleep(0.1)
     receivers[0].should_stop = True
     thread.join(5)
+    app.control.disable_events()
     assert record_.state.value == "failed"
     assert seen.get(f"{job_id}.0") == "task-failed"
 
