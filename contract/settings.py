@@ -49,6 +49,10 @@ class FleetSettings(BaseSettings):
     gather_max_chunks: int = Field(
         32, ge=0, description="waiting interactive chunks a worker process runs with its own (0 = none)"
     )
+    coalesce_max_texts: int = Field(
+        64, ge=0, description="texts of concurrent embed() calls one client sends as one job (0 = never)"
+    )
+    coalesce_inflight: int = Field(4, gt=0, description="jobs one client keeps in flight for embed() calls")
     max_job_texts: int = Field(100_000, gt=0, description="texts per submitted job")
     max_text_chars: int = Field(
         8_192, gt=0, description="characters kept before tokenising (tokenisation is superlinear)"

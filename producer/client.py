@@ -22,6 +22,7 @@ from contract.ledger import JobLedger
 from contract.redis_connection import connect, mask_url
 from contract.settings import FleetSettings
 from contract.vector_cache import VectorCache
+from producer.coalescing import EmbedCoalescer
 from producer.errors import FleetUnavailableError, RedisUnavailableError
 from producer.job import Job
 from producer.planning import JobPlan, chunk_ranges, plan_job, validate_texts
@@ -57,8 +58,12 @@ class EmbeddingClient:
         self.celery = make_celery(self.settings, main="producer")
         self._builds: tuple[float, list[BuildAdvert]] = (0.0, [])
         self._threads = threading.local()
+        self._lock = threading.Lock()
+        self._embeds: EmbedCoalescer | None = None
 
     def close(self) -> None:
+        if self._embeds is not None:
+            self._embeds.close()
         self.drop_thread_pubsub()
         self.redis.close()
         self.celery.close()
@@ -159,10 +164,24 @@ class EmbeddingClient:
         return job
 
     def embed(self, texts: Sequence[str], timeout: float | None = None) -> Matrix:
-        """Submit on the interactive lane, wait, return the vectors: for requests that wait on them."""
+        """Submit on the interactive lane, wait, return the vectors: for requests that wait on them.
+
+        Concurrent calls on one client share jobs while earlier ones are in flight (producer.coalescing).
+        """
+        texts = validate_texts(texts, self.settings.max_job_texts)
+        if 0 < len(texts) <= self.settings.coalesce_max_texts:
+            return self._coalescer().embed(texts, timeout)
         job = self.submit(texts, priority=Lane.INTERACTIVE)
         job.wait(timeout=timeout)
         return job.result()
+
+    def _coalescer(self) -> EmbedCoalescer:
+        with self._lock:
+            if self._embeds is None:
+                self._embeds = EmbedCoalescer(
+                    self, self.settings.coalesce_max_texts, self.settings.coalesce_inflight
+                )
+            return self._embeds
 
     def cancel(self, job_id: str) -> JobRecord:
         return self.job(job_id).cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -188,3 +189,34 @@ def _one_line_file(drill: Drill) -> Path:
     path = drill.tmp / "one.txt"
     path.write_text("one line\n")
     return path
+
+
+def test_poison_text_in_a_shared_batch_fails_only_its_own_job(
+    drill: Drill, drill_report: DrillReport
+) -> None:
+    server = drill.redis()
+    fleet = drill.fleet(server.url, worker_args=["--include", "tests.drills.poison"])
+    with fleet.client() as client:
+        backlog = client.submit(drill_texts(3_000))  # both processes busy: the small jobs queue up together
+        texts = drill_texts(30)
+        texts[13] = POISON
+        jobs = [client.submit([text], priority="interactive") for text in texts]
+        records = [job.wait(timeout=JOB_TIMEOUT_S) for job in jobs]
+        backlog.wait(timeout=JOB_TIMEOUT_S)
+    log = "".join(node.log_text() for node in fleet.nodes)
+    carried = max((int(n) for n in re.findall(r"chunks \((\d+) carried\)", log)), default=0)
+    deaths = log.count("exited with 'signal 9")
+    failed = [i for i, record in enumerate(records) if record.state.value != "done"]
+    drill_report.add(
+        DrillRow(
+            "poison text among 30 one-text jobs run together",
+            "1 (the poison)",
+            0,
+            failed == [13],
+            None,
+            f"batches carried up to {carried} chunks; {deaths} processes died; only the poison's job failed",
+        )
+    )
+    assert failed == [13] and "inputs 0 failed" in records[13].error
+    assert all(record.done == 1 for i, record in enumerate(records) if i != 13)
+    assert deaths <= 3

@@ -131,3 +131,27 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_concurrent_embed_calls_on_one_client_share_jobs_and_get_their_own_rows(
+    fleet: LocalFleet, engine: EmbeddingEngine
+) -> None:
+    calls = [unique_texts(1 + i % 3) for i in range(24)]
+    results: dict[int, np.ndarray] = {}
+    with fleet.client() as shared:
+        before = shared.redis.keys("job:*:digests")
+
+        def call(index: int) -> None:
+            results[index] = shared.embed(calls[index], timeout=JOB_TIMEOUT_S)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(JOB_TIMEOUT_S)
+        jobs = len(shared.redis.keys("job:*:digests")) - len(before)
+    for index, texts in enumerate(calls):
+        expected = engine.embed(texts).vectors
+        assert results[index].shape == (len(texts), 384)
+        assert np.min(np.sum(results[index] * expected, axis=1)) >= 0.9999
+    assert jobs < len(calls)

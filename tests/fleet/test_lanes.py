@@ -1,0 +1,50 @@
+"""Two lanes and cross-request batching on a real fleet: small jobs overtake a bulk backlog, and
+small chunks that run together still count and fail one by one."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+
+from localfleet.fleet import LocalFleet
+from producer import EmbeddingClient
+from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
+
+pytestmark = pytest.mark.fleet
+
+
+def test_an_interactive_job_finishes_before_a_bulk_backlog_does(client: EmbeddingClient) -> None:
+    backlog = client.submit(unique_texts(4_000))
+    assert backlog.status().lane.value == "bulk"
+    vectors = client.embed(unique_texts(1), timeout=JOB_TIMEOUT_S)
+    behind = backlog.status()
+    assert vectors.shape == (1, 384)
+    assert not behind.state.finished and behind.done < behind.total
+    assert backlog.wait(timeout=JOB_TIMEOUT_S).state.value == "done"
+
+
+def test_small_chunks_run_together_yet_count_one_by_one(fleet: LocalFleet) -> None:
+    """Many 1-text jobs at once: workers carry waiting chunks along, and every job ends exact."""
+    texts = [unique_texts(1) for _ in range(120)]
+    jobs = []
+    with fleet.client() as client:
+        backlog = client.submit(unique_texts(2_000))  # keeps both processes busy while the small jobs queue
+
+        def submit(batch: list[list[str]]) -> None:
+            with fleet.client() as own:
+                jobs.extend(own.submit(one) for one in batch)
+
+        threads = [threading.Thread(target=submit, args=(texts[i::4],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        records = [client.job(job.id).wait(timeout=JOB_TIMEOUT_S) for job in jobs]
+        backlog.wait(timeout=JOB_TIMEOUT_S)
+    assert all(
+        (r.state.value, r.done, r.counted, r.lane.value) == ("done", 1, 1, "interactive") for r in records
+    )
+    carried = [int(n) for n in re.findall(r"chunks \((\d+) carried\)", fleet.worker.log_text())]
+    assert carried and max(carried) > 1
