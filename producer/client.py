@@ -16,7 +16,7 @@ from contract import keys
 from contract.celery_config import EMBED_TASK, make_celery
 from contract.codec import Matrix
 from contract.fleet_registry import BuildAdvert, FleetRegistry
-from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, pack_digests
+from contract.jobs import ChunkRef, JobRecord, JobState, pack_digests
 from contract.lanes import Lane, lane_for, queue_name
 from contract.ledger import JobLedger
 from contract.redis_connection import connect, mask_url
@@ -25,7 +25,7 @@ from contract.vector_cache import VectorCache
 from producer.coalescing import EmbedCoalescer
 from producer.errors import FleetUnavailableError, RedisUnavailableError
 from producer.job import Job
-from producer.planning import JobPlan, chunk_ranges, plan_job, validate_texts
+from producer.planning import JobPlan, chunk_payloads, clip_texts, plan_job, validate_texts
 
 # A blip (a failover, a dropped connection) is retried this long inside one call; wait() rides out
 # longer outages itself (EMBED_REDIS_OUTAGE_S), and submit() fails fast so a request never hangs.
@@ -121,14 +121,14 @@ class EmbeddingClient:
         """
         texts = validate_texts(texts, self.settings.max_job_texts)
         build = self.build()
-        plan = plan_job(texts, build.fingerprint)
+        plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
         hits, cut = self.cache.look(build.fingerprint, plan.unique_digests)
         # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
         misses = sorted((i for i, hit in enumerate(hits) if not hit), key=lambda i: len(plan.unique_texts[i]))
         lane = lane_for(
             len(misses), self.settings.interactive_max_texts, Lane(priority) if priority else None
         )
-        spans = chunk_ranges(len(misses), self.settings.chunk_size)
+        payloads = chunk_payloads(plan, misses, self.settings.chunk_size, self.settings.max_payload_bytes)
         now = time.time()
         record = JobRecord(
             id=uuid.uuid4().hex,
@@ -137,7 +137,7 @@ class EmbeddingClient:
             dims=build.dims,
             model=build.model,
             lane=lane,
-            chunks=len(spans),
+            chunks=len(payloads),
             done=sum(plan.count(i) for i, hit in enumerate(hits) if hit),
             truncated=sum(
                 plan.count(i) for i, (hit, flag) in enumerate(zip(hits, cut, strict=True)) if hit and flag
@@ -145,16 +145,9 @@ class EmbeddingClient:
             created=now,
             updated=now,
         )
-        if not spans:
+        if not payloads:
             record.state, record.finished = JobState.DONE, now
-        payloads = {
-            str(number): ChunkPayload(
-                texts=[plan.unique_texts[misses[i]] for i in span],
-                positions=[plan.positions[misses[i]] for i in span],
-            ).model_dump_json()
-            for number, span in enumerate(spans)
-        }
-        self._store(record, plan, payloads)
+        self._store(record, plan, dict(enumerate(payloads)))
         self._publish(record)
         return Job(self, record.id, texts=texts, priority=priority, digests=plan.digests)
 
@@ -200,7 +193,7 @@ class EmbeddingClient:
         self._builds = (time.monotonic() + self.settings.heartbeat_interval_s, builds)
         return builds
 
-    def _store(self, record: JobRecord, plan: JobPlan, payloads: dict[str, str]) -> None:
+    def _store(self, record: JobRecord, plan: JobPlan, payloads: dict[int, str]) -> None:
         """Write the whole job at once, before any chunk is published."""
         ttl = self.settings.job_ttl_s
         pipe = self.redis.pipeline(transaction=True)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from contract.digest import digest_for
+from contract.jobs import ChunkPayload
 from producer.errors import InvalidTextError, JobTooLargeError
 
 
@@ -63,3 +64,36 @@ def plan_job(texts: Sequence[str], fingerprint: str) -> JobPlan:
 
 def chunk_ranges(total: int, size: int) -> list[range]:
     return [range(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def clip_texts(texts: list[str], max_chars: int) -> list[str]:
+    """Keep the first EMBED_MAX_TEXT_CHARS of each text before anything is queued: the model reads
+    a few hundred tokens, and a message need not carry megabytes it will never read. Workers
+    count a text of that length as truncated."""
+    return [text if len(text) <= max_chars else text[:max_chars] for text in texts]
+
+
+def chunk_payloads(plan: JobPlan, members: list[int], size: int, max_bytes: int) -> list[str]:
+    """Chunk payloads (JSON) of the given distinct texts: `size` texts each at most, split in halves
+    where one would be over `max_bytes`; a single text over it refuses the job."""
+    payloads: list[str] = []
+    for span in chunk_ranges(len(members), size):
+        payloads.extend(_fitting(plan, [members[i] for i in span], max_bytes))
+    return payloads
+
+
+def _fitting(plan: JobPlan, members: list[int], max_bytes: int) -> list[str]:
+    payload = ChunkPayload(
+        texts=[plan.unique_texts[i] for i in members], positions=[plan.positions[i] for i in members]
+    ).model_dump_json()
+    size = len(payload.encode())
+    if size <= max_bytes:
+        return [payload]
+    if len(members) == 1:
+        position = plan.positions[members[0]][0]
+        raise JobTooLargeError(
+            f"the text at position {position} takes {size:,} bytes in a message, over "
+            f"EMBED_MAX_PAYLOAD_BYTES ({max_bytes:,}): lower EMBED_MAX_TEXT_CHARS or split the text"
+        )
+    half = len(members) // 2
+    return _fitting(plan, members[:half], max_bytes) + _fitting(plan, members[half:], max_bytes)

@@ -34,8 +34,9 @@ class TextTokenizer:
         """Encodings plus, per text, whether anything was cut (characters or tokens)."""
         clipped = [text[: self.max_text_chars] for text in texts]
         encodings = self._tokenizer.encode_batch(clipped)
+        # At the limit counts as cut: producers clip to EMBED_MAX_TEXT_CHARS before queuing.
         truncated = [
-            bool(encoding.overflowing) or len(text) > self.max_text_chars
+            bool(encoding.overflowing) or len(text) >= self.max_text_chars
             for text, encoding in zip(texts, encodings, strict=True)
         ]
         return encodings, truncated

@@ -39,3 +39,17 @@ def test_read_texts_lines_and_jsonl(tmp_path: Path) -> None:
     jsonl.write_text('{"text": "x"}\n{"body": "y"}\n')
     with pytest.raises(InvalidTextError, match=r"line 2 .* no string field 'text'"):
         read_texts(jsonl)
+
+
+def test_chunks_are_split_where_a_payload_would_be_too_large() -> None:
+    from producer.planning import chunk_payloads, clip_texts
+
+    texts = clip_texts(["x" * 500, "y" * 20, "z" * 500, "w"], 300)
+    assert [len(text) for text in texts] == [300, 20, 300, 1]
+    plan = plan_job(texts, "fp")
+    whole = chunk_payloads(plan, [0, 1, 2, 3], size=4, max_bytes=10_000)
+    assert len(whole) == 1
+    split = chunk_payloads(plan, [0, 1, 2, 3], size=4, max_bytes=400)
+    assert len(split) >= 2 and all(len(payload) <= 400 for payload in split)
+    with pytest.raises(JobTooLargeError, match="position 0 takes .* over EMBED_MAX_PAYLOAD_BYTES"):
+        chunk_payloads(plan, [0, 1, 2, 3], size=4, max_bytes=200)
