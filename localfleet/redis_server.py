@@ -50,11 +50,13 @@ class RedisServer:
     workdir: Path
     persistent: bool = True
     extra_args: list[str] = field(default_factory=list)
+    password: str = ""
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -65,6 +67,7 @@ class RedisServer:
             redis_server_binary(),
             *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""),
             *(persistence or ["--appendonly", "no"]),
+            *(["--requirepass", self.password] if self.password else []),
             *self.extra_args,
         ]
 
@@ -98,5 +101,7 @@ class RedisServer:
             self.process.wait(timeout=STARTUP_TIMEOUT_S)
 
 
-def start_redis(workdir: Path, persistent: bool = True, extra_args: list[str] | None = None) -> RedisServer:
-    return RedisServer(free_port(), workdir, persistent, extra_args or []).start()
+def start_redis(
+    workdir: Path, persistent: bool = True, extra_args: list[str] | None = None, password: str = ""
+) -> RedisServer:
+    return RedisServer(free_port(), workdir, persistent, extra_args or [], password).start()

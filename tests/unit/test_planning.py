@@ -51,5 +51,5 @@ def test_chunks_are_split_where_a_payload_would_be_too_large() -> None:
     assert len(whole) == 1
     split = chunk_payloads(plan, [0, 1, 2, 3], size=4, max_bytes=400)
     assert len(split) >= 2 and all(len(payload) <= 400 for payload in split)
-    with pytest.raises(JobTooLargeError, match="position 0 takes .* over EMBED_MAX_PAYLOAD_BYTES"):
+    with pytest.raises(JobTooLargeError, match=r"position 0 takes .* over EMBED_MAX_PAYLOAD_BYTES"):
         chunk_payloads(plan, [0, 1, 2, 3], size=4, max_bytes=200)
