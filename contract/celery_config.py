@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from contract.redis_connection import TLS_SCHEME, tls_options
 from contract.settings import FleetSettings
 
 EMBED_TASK = "embedfleet.embed_chunk"
@@ -21,7 +22,9 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
             f"{VISIBILITY_TO_TIME_LIMIT}x EMBED_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}), "
             "or Redis redelivers chunks that are still running"
         )
+    tls = {"broker_use_ssl": tls_options(settings)} if settings.broker_url.startswith(TLS_SCHEME) else {}
     return {
+        **tls,
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {

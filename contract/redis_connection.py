@@ -14,6 +14,7 @@ from redis.retry import Retry
 from contract.settings import FleetSettings
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+TLS_SCHEME = "rediss://"
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
 MASK = "***"
@@ -28,6 +29,18 @@ def retries_for(outage_s: float) -> int:
     return ramp + max(0, math.ceil((outage_s - ramp_s) / BACKOFF_CAP_S))
 
 
+def tls_options(settings: FleetSettings) -> dict[str, object]:
+    """redis-py's TLS arguments from the settings (for rediss:// URLs); Celery's broker gets the same."""
+    options: dict[str, object] = {"ssl_cert_reqs": settings.redis_tls_verify}
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
+    if settings.redis_tls_cert_file:
+        options["ssl_certfile"] = str(settings.redis_tls_cert_file)
+    if settings.redis_tls_key_file:
+        options["ssl_keyfile"] = str(settings.redis_tls_key_file)
+    return options
+
+
 def connect(url: str, settings: FleetSettings, outage_s: float | None = None) -> redis.Redis:
     """A client that rides out a Redis restart of up to `outage_s` (default: EMBED_REDIS_OUTAGE_S).
 
@@ -37,8 +50,10 @@ def connect(url: str, settings: FleetSettings, outage_s: float | None = None) ->
     """
     budget = settings.redis_outage_s if outage_s is None else outage_s
     retry = Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retries_for(budget))
+    tls = tls_options(settings) if url.startswith(TLS_SCHEME) else {}
     return redis.Redis.from_url(
         url,
+        **tls,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_socket_timeout_s,
         socket_keepalive=True,
@@ -59,6 +74,16 @@ def mask_url(url: str) -> str:
     user = parts.username or ""
     credentials = f"{user}:{MASK}" if parts.password is not None else MASK
     return urlunsplit((parts.scheme, f"{credentials}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def explain(exc: Exception) -> str:
+    """A Redis error as a user can act on it; a failed certificate check says which setting to look at."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return f"{text} (Redis' certificate is not signed by EMBED_REDIS_TLS_CA_FILE: nothing was sent)"
+    if "certificate" in text.lower() or "alert" in text.lower():
+        return f"{text} (TLS handshake refused: check EMBED_REDIS_TLS_CERT_FILE and EMBED_REDIS_TLS_KEY_FILE)"
+    return text
 
 
 def as_text(value: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,15 @@ class FleetSettings(BaseSettings):
     redis_health_check_interval_s: int = Field(25, ge=0)
     redis_outage_s: float = Field(
         30.0, ge=0, description="how long a lost Redis connection is retried before the error surfaces"
+    )
+
+    redis_tls_ca_file: Path | None = Field(
+        None, description="CA bundle that signs Redis' certificate (rediss://)"
+    )
+    redis_tls_cert_file: Path | None = Field(None, description="client certificate, where Redis asks for one")
+    redis_tls_key_file: Path | None = Field(None, description="the client certificate's private key")
+    redis_tls_verify: Literal["required", "optional", "none"] = Field(
+        "required", description="how Redis' certificate is checked; `none` only for tests"
     )
 
     heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a worker renews its advert")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from localfleet.tls import LocalPki
+
 STARTUP_TIMEOUT_S = 10.0
 PROBE_S = 0.05
 SYSTEM_BINARY = Path("/usr/bin/redis-server")
@@ -51,21 +53,41 @@ class RedisServer:
     persistent: bool = True
     extra_args: list[str] = field(default_factory=list)
     password: str = ""
+    pki: LocalPki | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         credentials = f":{self.password}@" if self.password else ""
-        return f"redis://{credentials}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.pki else "redis"
+        return f"{scheme}://{credentials}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
+        if self.pki is None:
+            return redis.Redis.from_url(self.url)
+        return redis.Redis.from_url(
+            self.url,
+            ssl_ca_certs=str(self.pki.ca),
+            ssl_certfile=str(self.pki.client_cert),
+            ssl_keyfile=str(self.pki.client_key),
+        )
+
+    def listen_args(self) -> list[str]:
+        """Plain TCP, or TLS only (the plain port off) with client certificates required."""
+        if self.pki is None:
+            return ["--port", str(self.port)]
+        return [
+            *("--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "yes"),
+            *("--tls-cert-file", str(self.pki.server_cert), "--tls-key-file", str(self.pki.server_key)),
+            *("--tls-ca-cert-file", str(self.pki.ca)),
+        ]
 
     def command(self) -> list[str]:
         persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persistent else []
         return [
             redis_server_binary(),
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""),
+            *self.listen_args(),
+            *("--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""),
             *(persistence or ["--appendonly", "no"]),
             *(["--requirepass", self.password] if self.password else []),
             *self.extra_args,
@@ -102,6 +124,10 @@ class RedisServer:
 
 
 def start_redis(
-    workdir: Path, persistent: bool = True, extra_args: list[str] | None = None, password: str = ""
+    workdir: Path,
+    persistent: bool = True,
+    extra_args: list[str] | None = None,
+    password: str = "",
+    pki: LocalPki | None = None,
 ) -> RedisServer:
-    return RedisServer(free_port(), workdir, persistent, extra_args or [], password).start()
+    return RedisServer(free_port(), workdir, persistent, extra_args or [], password, pki).start()

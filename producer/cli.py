@@ -17,7 +17,7 @@ import numpy as np
 import redis
 
 from contract.jobs import JobRecord, JobState
-from contract.redis_connection import mask_url
+from contract.redis_connection import explain, mask_url
 from contract.settings import FleetSettings
 from producer.client import EmbeddingClient
 from producer.errors import (
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return next((code for kind, code in EXIT_CODES.items() if isinstance(exc, kind)), EXIT_FAILED)
     except redis.RedisError as exc:
         settings = FleetSettings()
-        print(f"error: Redis at {mask_url(settings.cache_url)} failed: {exc}", file=sys.stderr)
+        print(f"error: Redis at {mask_url(settings.cache_url)} failed: {explain(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
 

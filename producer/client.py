@@ -19,7 +19,7 @@ from contract.fleet_registry import BuildAdvert, FleetRegistry
 from contract.jobs import ChunkRef, JobRecord, JobState, pack_digests
 from contract.lanes import Lane, lane_for, queue_name
 from contract.ledger import JobLedger
-from contract.redis_connection import connect, mask_url
+from contract.redis_connection import connect, explain, mask_url
 from contract.settings import FleetSettings
 from contract.vector_cache import VectorCache
 from producer.coalescing import EmbedCoalescer
@@ -187,8 +187,9 @@ class EmbeddingClient:
         try:
             builds = self.registry.live_builds(name)
         except redis.RedisError as exc:
+            where = mask_url(self.settings.cache_url)
             raise RedisUnavailableError(
-                f"Redis at {mask_url(self.settings.cache_url)} is unreachable ({exc}): nothing was queued"
+                f"Redis at {where} is unreachable ({explain(exc)}): nothing was queued"
             ) from exc
         self._builds = (time.monotonic() + self.settings.heartbeat_interval_s, builds)
         return builds

@@ -113,8 +113,15 @@ def run_cli(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli_with(fleet.settings, *args)
 
 
-def run_cli_with(settings: FleetSettings, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli_with(
+    settings: FleetSettings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m producer ...` in a process of its own, against the fleet's Redis servers."""
-    env = {**os.environ, "EMBED_BROKER_URL": settings.broker_url, "EMBED_CACHE_URL": settings.cache_url}
+    env = {
+        **os.environ,
+        **(env or {}),
+        "EMBED_BROKER_URL": settings.broker_url,
+        "EMBED_CACHE_URL": settings.cache_url,
+    }
     command = [sys.executable, "-m", "producer", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
