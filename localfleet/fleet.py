@@ -83,11 +83,11 @@ class LocalFleet:
         """The first node (most tests need one)."""
         return self.nodes[0]
 
-    def start(self, flower_port: int | None = None) -> LocalFleet:
+    def start(self, flower_port: int | None = None, flower_env: dict[str, str] | None = None) -> LocalFleet:
         self.add_node()
         if flower_port:
             flower = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={flower_port}"]
-            self.flower = self._spawn(flower, self.log.with_suffix(".flower.log"), {})
+            self.flower = self._spawn(flower, self.log.with_suffix(".flower.log"), flower_env or {})
         return self
 
     def add_node(

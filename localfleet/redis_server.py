@@ -54,11 +54,12 @@ class RedisServer:
     extra_args: list[str] = field(default_factory=list)
     password: str = ""
     pki: LocalPki | None = None
+    username: str = ""
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        credentials = f":{self.password}@" if self.password else ""
+        credentials = f"{self.username}:{self.password}@" if self.password else ""
         scheme = "rediss" if self.pki else "redis"
         return f"{scheme}://{credentials}127.0.0.1:{self.port}/0"
 
@@ -89,7 +90,7 @@ class RedisServer:
             *self.listen_args(),
             *("--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""),
             *(persistence or ["--appendonly", "no"]),
-            *(["--requirepass", self.password] if self.password else []),
+            *(["--requirepass", self.password] if self.password and not self.username else []),
             *self.extra_args,
         ]
 
@@ -129,5 +130,7 @@ def start_redis(
     extra_args: list[str] | None = None,
     password: str = "",
     pki: LocalPki | None = None,
+    username: str = "",
 ) -> RedisServer:
-    return RedisServer(free_port(), workdir, persistent, extra_args or [], password, pki).start()
+    """A private redis-server; with `username`, `password` are that ACL user's (from an --aclfile)."""
+    return RedisServer(free_port(), workdir, persistent, extra_args or [], password, pki, username).start()
