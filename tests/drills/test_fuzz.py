@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 import uuid
 from pathlib import Path
 
@@ -132,3 +133,104 @@ def _fleet_env(fleet: LocalFleet):  # type: ignore[no-untyped-def]
         yield
     finally:
         mp.undo()
+
+
+FORGED_EXAMPLES = 1_000
+FORGED_PER_EXAMPLE = 10
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+payloads = st.one_of(
+    st.fixed_dictionaries({"texts": st.lists(st.text(max_size=40), max_size=4), "positions": json_values}),
+    st.fixed_dictionaries(
+        {"texts": json_values, "positions": st.lists(st.lists(st.integers(-3, 40), max_size=3))}
+    ),
+    st.dictionaries(st.text(max_size=10), json_values, max_size=3),
+    json_values,
+)
+kwargs = st.one_of(
+    st.fixed_dictionaries({"job_id": json_values, "chunk": json_values}),
+    st.dictionaries(st.text(max_size=10), json_values, max_size=3),
+)
+
+
+def test_forged_and_malformed_messages_crash_no_worker(drill: Drill, drill_report: DrillReport) -> None:
+    import json as json_module
+
+    from contract import keys
+    from contract.celery_config import EMBED_TASK
+    from contract.jobs import ChunkRef, JobRecord
+    from contract.lanes import Lane, queue_name
+
+    server = drill.redis()
+    fleet = drill.fleet(server.url)
+    forged_jobs: list[str] = []
+    sent = [0]
+    with fleet.client() as client:
+        build = client.build()
+        queue = queue_name(build.model, build.fingerprint, Lane.BULK)
+        broker = server.client()
+
+        @settings(
+            max_examples=FORGED_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(
+            st.lists(
+                st.tuples(payloads, kwargs, st.integers(0, 3)),
+                min_size=FORGED_PER_EXAMPLE,
+                max_size=FORGED_PER_EXAMPLE,
+            )
+        )
+        def forge(messages: list[tuple[object, object, int]]) -> None:
+            for payload, junk_kwargs, kind in messages:
+                sent[0] += 1
+                if kind == 0:  # junk arguments for the task
+                    client.celery.send_task(EMBED_TASK, kwargs=junk_kwargs, queue=queue)  # type: ignore[arg-type]
+                elif kind == 1:  # not a Celery message at all
+                    broker.lpush(queue, json_module.dumps(payload))
+                else:  # a job record with a forged payload
+                    job_id = uuid.uuid4().hex
+                    record = JobRecord(job_id, 3, build.fingerprint, build.dims, model=build.model, chunks=1)
+                    client.redis.hset(keys.job_key(job_id), mapping=record.to_redis())
+                    client.redis.hset(keys.job_payloads_key(job_id), "0", json_module.dumps(payload))
+                    ref = ChunkRef(job_id, 0)
+                    client.celery.send_task(
+                        EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options()
+                    )
+                    forged_jobs.append(job_id)
+
+        forge()
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while client.redis.zcard(keys.running_jobs_key()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        records = [client.job(job_id).status() for job_id in forged_jobs]
+        after = client.embed(["a real text after the forgeries"], timeout=JOB_TIMEOUT_S)
+    crashes = sum(node.log_text().count("exited with") for node in fleet.nodes)
+    dropped = sum(node.log_text().count("dropped a queue entry") for node in fleet.nodes)
+    restarts = sum(node.log_text().count("Connection to broker lost") for node in fleet.nodes)
+    failed = sum(record.state.value == "failed" for record in records)
+    ended = sum(record.state.finished for record in records)
+    drill_report.add(
+        DrillRow(
+            f"{sent[0]:,} forged or malformed messages (hypothesis)",
+            "—",
+            0,
+            failed == len(records),
+            None,
+            f"{len(records):,} forged jobs all ended ({failed:,} failed with a reason); {crashes} worker "
+            "processes died; the next real job succeeded",
+        )
+    )
+    assert (
+        sent[0] >= 10_000 and crashes == restarts == 0 and after.shape == (1, 384) and ended == len(records)
+    )
+    assert all(node.alive() for node in fleet.nodes) and len(fleet.worker.children()) == 2
