@@ -226,8 +226,9 @@ def test_forged_and_malformed_messages_crash_no_worker(drill: Drill, drill_repor
             0,
             failed == len(records),
             None,
-            f"{len(records):,} forged jobs all ended ({failed:,} failed with a reason); {crashes} worker "
-            "processes died; the next real job succeeded",
+            f"{len(records):,} forged jobs all ended ({failed:,} failed with a reason); {dropped:,} entries "
+            f"that were no kombu message dropped; {restarts} consumer restarts; {crashes} worker processes "
+            "died; the next real job succeeded",
         )
     )
     assert (
