@@ -8,11 +8,11 @@ skewed clocks agree on who is alive.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import cast
 
 import redis
 
 from contract import keys
+from contract.lua_scripts import load_lua
 from contract.redis_connection import as_text
 
 
@@ -49,6 +49,7 @@ class FleetRegistry:
     def __init__(self, client: redis.Redis, ttl_s: float) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self._live_builds = client.register_script(load_lua("live_builds"))
 
     def now(self) -> float:
         seconds, micros = self.redis.time()
@@ -85,28 +86,19 @@ class FleetRegistry:
         return [as_text(node) for node in found]
 
     def live_builds(self, model: str) -> list[BuildAdvert]:
-        """Builds of a model with at least one live node, newest first."""
-        now = self.now()
-        ranked = cast(
-            list[tuple[bytes, float]], self.redis.zrevrange(keys.builds_key(model), 0, -1, withscores=True)
-        )
-        builds = [(as_text(fingerprint), float(since)) for fingerprint, since in ranked]
-        pipe = self.redis.pipeline(transaction=False)
-        for fingerprint, _ in builds:
-            pipe.hgetall(keys.build_key(model, fingerprint))
-            pipe.zrangebyscore(keys.build_nodes_key(model, fingerprint), now, "+inf")
-        replies = pipe.execute()
-        live: list[BuildAdvert] = []
-        for (fingerprint, since), advert, nodes in zip(builds, replies[::2], replies[1::2], strict=True):
-            if nodes and advert:
-                artifact, dims = as_text(advert[b"artifact"]), int(as_text(advert[b"dims"]))
-                names = [as_text(node) for node in nodes]
-                processes = self._processes(names)
-                live.append(BuildAdvert(model, fingerprint, artifact, dims, since, len(names), processes))
-        return live
+        """Builds of a model with at least one live node, newest first (one round trip)."""
+        script_keys, args = live_builds_call(model)
+        return parse_live_builds(model, self._live_builds(keys=script_keys, args=args))
 
-    def _processes(self, nodes: list[str]) -> int:
-        pipe = self.redis.pipeline(transaction=False)
-        for node in nodes:
-            pipe.hget(keys.node_key(node), "processes")
-        return sum(int(count or 0) for count in pipe.execute())
+
+def live_builds_call(model: str) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of live_builds.lua (sync and asyncio clients run the same script)."""
+    return [keys.builds_key(model)], [keys.build_key(model, ""), keys.node_key("")]
+
+
+def parse_live_builds(model: str, reply: list[object]) -> list[BuildAdvert]:
+    fields = [as_text(value) for value in reply]
+    return [
+        BuildAdvert(model, fp, artifact, int(dims), float(since), int(nodes), int(processes))
+        for fp, artifact, dims, since, nodes, processes in zip(*[iter(fields)] * 6, strict=True)
+    ]

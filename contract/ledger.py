@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from importlib import resources
 
 import redis
 from pydantic import ValidationError
@@ -19,11 +18,8 @@ from redis.typing import EncodableT
 
 from contract import keys
 from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, describe_positions, pack_positions
+from contract.lua_scripts import load_lua
 from contract.redis_connection import as_bytes, as_text
-
-
-def load_lua(name: str) -> str:
-    return resources.files("contract").joinpath(f"lua/{name}.lua").read_text()
 
 
 class ClaimStatus(str, Enum):
