@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
-from contract import keys
 from contract.celery_config import EMBED_TASK, make_celery
 from contract.codec import Matrix
 from contract.fleet_registry import BuildAdvert, FleetRegistry
-from contract.jobs import ChunkRef, JobRecord, JobState, pack_digests
-from contract.lanes import Lane, lane_for, queue_name
+from contract.jobs import ChunkRef, JobRecord
+from contract.lanes import Lane, queue_name
 from contract.ledger import JobLedger
 from contract.redis_connection import connect, explain, mask_url
 from contract.settings import FleetSettings
 from contract.vector_cache import VectorCache
 from producer.coalescing import EmbedCoalescer
-from producer.errors import FleetUnavailableError, RedisUnavailableError
+from producer.errors import RedisUnavailableError
 from producer.job import Job
-from producer.planning import JobPlan, chunk_payloads, clip_texts, plan_job, validate_texts
+from producer.planning import clip_texts, plan_job, validate_texts
+from producer.submission import choose_build, prepare_job, publish_failed, queue_store, queue_withdraw
 
 # A blip (a failover, a dropped connection) is retried this long inside one call; wait() rides out
 # longer outages itself (EMBED_REDIS_OUTAGE_S), and submit() fails fast so a request never hangs.
@@ -36,16 +34,6 @@ CALL_RETRY_S = 1.0
 class ModelIdentity:
     fingerprint: str
     dims: int
-
-
-def pick_build(live: list[BuildAdvert]) -> BuildAdvert:
-    """Among the builds of the newest artifact (the last to come up), one weighted by its processes."""
-    first_seen: dict[str, float] = {}
-    for build in live:
-        first_seen[build.artifact] = min(first_seen.get(build.artifact, build.since), build.since)
-    newest = max(first_seen, key=lambda artifact: first_seen[artifact])
-    candidates = [build for build in live if build.artifact == newest]
-    return random.choices(candidates, weights=[max(1, build.processes) for build in candidates])[0]
 
 
 class EmbeddingClient:
@@ -89,25 +77,8 @@ class EmbeddingClient:
         self.close()
 
     def build(self) -> BuildAdvert:
-        """A live build of the model to submit to (EMBED_MODEL_FINGERPRINT pins one).
-
-        During a rolling upgrade new jobs go to the newest artifact, while jobs already queued
-        finish on the build they were submitted for. Where one artifact runs on two kinds of
-        host (VNNI and AVX2: two builds), each job goes to one of them at random, weighted by its
-        live processes.
-        """
-        name = self.settings.model_name
-        live = self._live_builds(name)
-        pinned = self.settings.model_fingerprint
-        if pinned:
-            live = [build for build in live if build.fingerprint == pinned]
-        if not live:
-            which = f"build {pinned} of {name!r}" if pinned else f"model {name!r}"
-            raise FleetUnavailableError(
-                f"no live worker serves {which} on {mask_url(self.settings.cache_url)}: start one with "
-                "`celery -A worker worker` (workers advertise while they consume)"
-            )
-        return pick_build(live)
+        """A live build of the model to submit to; see producer.submission.choose_build."""
+        return choose_build(self._live_builds(self.settings.model_name), self.settings)
 
     def model(self) -> ModelIdentity:
         build = self.build()
@@ -123,33 +94,12 @@ class EmbeddingClient:
         build = self.build()
         plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
         hits, cut = self.cache.look(build.fingerprint, plan.unique_digests)
-        # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
-        misses = sorted((i for i, hit in enumerate(hits) if not hit), key=lambda i: len(plan.unique_texts[i]))
-        lane = lane_for(
-            len(misses), self.settings.interactive_max_texts, Lane(priority) if priority else None
-        )
-        payloads = chunk_payloads(plan, misses, self.settings.chunk_size, self.settings.max_payload_bytes)
-        now = time.time()
-        record = JobRecord(
-            id=uuid.uuid4().hex,
-            total=len(texts),
-            fingerprint=build.fingerprint,
-            dims=build.dims,
-            model=build.model,
-            lane=lane,
-            chunks=len(payloads),
-            done=sum(plan.count(i) for i, hit in enumerate(hits) if hit),
-            truncated=sum(
-                plan.count(i) for i, (hit, flag) in enumerate(zip(hits, cut, strict=True)) if hit and flag
-            ),
-            created=now,
-            updated=now,
-        )
-        if not payloads:
-            record.state, record.finished = JobState.DONE, now
-        self._store(record, plan, dict(enumerate(payloads)))
-        self._publish(record)
-        return Job(self, record.id, texts=texts, priority=priority, digests=plan.digests)
+        job = prepare_job(plan, build, hits, cut, self.settings, priority)
+        pipe = self.redis.pipeline(transaction=True)
+        queue_store(pipe, job, self.settings.job_ttl_s)
+        pipe.execute()
+        self._publish(job.record)
+        return Job(self, job.record.id, texts=texts, priority=priority, digests=plan.digests)
 
     def job(self, job_id: str) -> Job:
         job = Job(self, job_id)
@@ -194,19 +144,6 @@ class EmbeddingClient:
         self._builds = (time.monotonic() + self.settings.heartbeat_interval_s, builds)
         return builds
 
-    def _store(self, record: JobRecord, plan: JobPlan, payloads: dict[int, str]) -> None:
-        """Write the whole job at once, before any chunk is published."""
-        ttl = self.settings.job_ttl_s
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.job_key(record.id), mapping=record.to_redis())
-        pipe.expire(keys.job_key(record.id), ttl)
-        pipe.set(keys.job_digests_key(record.id), pack_digests(plan.digests), ex=ttl)
-        if payloads:
-            pipe.hset(keys.job_payloads_key(record.id), mapping=payloads)  # type: ignore[arg-type]
-            pipe.expire(keys.job_payloads_key(record.id), ttl)
-            pipe.zadd(keys.running_jobs_key(), {record.id: record.created})
-        pipe.execute()
-
     def _publish(self, record: JobRecord) -> None:
         """Send one message per chunk; a publish that fails withdraws the job, so none is left orphaned."""
         if not record.chunks:
@@ -220,17 +157,10 @@ class EmbeddingClient:
                 sent += 1
         except Exception as exc:
             self._withdraw(record.id)
-            raise FleetUnavailableError(
-                f"the broker at {mask_url(self.settings.broker_url)} failed after {sent} of {record.chunks} "
-                f"chunks were queued ({type(exc).__name__}: {exc}); the job was withdrawn: submit it again"
-            ) from exc
+            raise publish_failed(self.settings, record, sent, exc) from exc
 
     def _withdraw(self, job_id: str) -> None:
-        """Best effort: a record left behind is finished by the reconciler, which sends its chunks."""
-        try:
+        with contextlib.suppress(redis.RedisError):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(*keys.job_keys(job_id))
-            pipe.zrem(keys.running_jobs_key(), job_id)
+            queue_withdraw(pipe, job_id)
             pipe.execute()
-        except redis.RedisError:
-            pass

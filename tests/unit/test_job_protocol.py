@@ -19,7 +19,7 @@ from contract.jobs import (
 )
 from contract.lanes import Lane, build_queues, lane_for, queue_name
 from contract.redis_connection import mask_url, retries_for
-from producer.client import pick_build
+from producer.submission import pick_build
 from worker.chunk_runner import chunk_outcome
 from worker.payload_check import PayloadRejected, check_positions, mismatched_positions, parse_payload
 

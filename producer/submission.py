@@ -1,0 +1,121 @@
+"""What a submit decides and writes, the same for the sync and the asyncio client.
+
+Which build takes the job, its record and chunk payloads, and the commands that store or withdraw
+it: queued on the caller's pipeline (sync or asyncio, they queue alike), so the two clients
+differ only in how they wait for Redis.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.client import Pipeline
+
+from contract import keys
+from contract.fleet_registry import BuildAdvert
+from contract.jobs import JobRecord, JobState, pack_digests
+from contract.lanes import Lane, lane_for
+from contract.redis_connection import mask_url
+from contract.settings import FleetSettings
+from producer.errors import FleetUnavailableError
+from producer.planning import JobPlan, chunk_payloads
+
+
+@dataclass
+class PreparedJob:
+    record: JobRecord
+    plan: JobPlan
+    payloads: list[str]
+
+
+def pick_build(live: list[BuildAdvert]) -> BuildAdvert:
+    """Among the builds of the newest artifact (the last to come up), one weighted by its processes."""
+    first_seen: dict[str, float] = {}
+    for build in live:
+        first_seen[build.artifact] = min(first_seen.get(build.artifact, build.since), build.since)
+    newest = max(first_seen, key=lambda artifact: first_seen[artifact])
+    candidates = [build for build in live if build.artifact == newest]
+    return random.choices(candidates, weights=[max(1, build.processes) for build in candidates])[0]
+
+
+def choose_build(live: list[BuildAdvert], settings: FleetSettings) -> BuildAdvert:
+    """A live build to submit to (EMBED_MODEL_FINGERPRINT pins one), or FleetUnavailableError.
+
+    During a rolling upgrade new jobs go to the newest artifact, while jobs already queued finish
+    on the build they were submitted for. Where one artifact runs on two kinds of host (VNNI and
+    AVX2: two builds), each job goes to one of them at random, weighted by its live processes.
+    """
+    pinned = settings.model_fingerprint
+    if pinned:
+        live = [build for build in live if build.fingerprint == pinned]
+    if not live:
+        which = f"build {pinned} of {settings.model_name!r}" if pinned else f"model {settings.model_name!r}"
+        raise FleetUnavailableError(
+            f"no live worker serves {which} on {mask_url(settings.cache_url)}: start one with "
+            "`celery -A worker worker` (workers advertise while they consume)"
+        )
+    return pick_build(live)
+
+
+def prepare_job(
+    plan: JobPlan,
+    build: BuildAdvert,
+    hits: list[bool],
+    cut: list[bool],
+    settings: FleetSettings,
+    priority: Lane | str | None,
+) -> PreparedJob:
+    """The record and payloads of a job: only cache misses, each distinct text once, by length."""
+    # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
+    misses = sorted((i for i, hit in enumerate(hits) if not hit), key=lambda i: len(plan.unique_texts[i]))
+    lane = lane_for(len(misses), settings.interactive_max_texts, Lane(priority) if priority else None)
+    payloads = chunk_payloads(plan, misses, settings.chunk_size, settings.max_payload_bytes)
+    now = time.time()
+    record = JobRecord(
+        id=uuid.uuid4().hex,
+        total=len(plan.digests),
+        fingerprint=build.fingerprint,
+        dims=build.dims,
+        model=build.model,
+        lane=lane,
+        chunks=len(payloads),
+        done=sum(plan.count(i) for i, hit in enumerate(hits) if hit),
+        truncated=sum(
+            plan.count(i) for i, (hit, flag) in enumerate(zip(hits, cut, strict=True)) if hit and flag
+        ),
+        created=now,
+        updated=now,
+    )
+    if not payloads:
+        record.state, record.finished = JobState.DONE, now
+    return PreparedJob(record, plan, payloads)
+
+
+def queue_store(pipe: Pipeline, job: PreparedJob, ttl_s: int) -> None:
+    """The whole job, written in one MULTI before any chunk is published."""
+    record = job.record
+    pipe.hset(keys.job_key(record.id), mapping=record.to_redis())
+    pipe.expire(keys.job_key(record.id), ttl_s)
+    pipe.set(keys.job_digests_key(record.id), pack_digests(job.plan.digests), ex=ttl_s)
+    if job.payloads:
+        pipe.hset(keys.job_payloads_key(record.id), mapping=dict(enumerate(job.payloads)))
+        pipe.expire(keys.job_payloads_key(record.id), ttl_s)
+        pipe.zadd(keys.running_jobs_key(), {record.id: record.created})
+
+
+def queue_withdraw(pipe: Pipeline, job_id: str) -> None:
+    """Undo a submit whose publishing failed (best effort: the reconciler finishes what is left)."""
+    pipe.delete(*keys.job_keys(job_id))
+    pipe.zrem(keys.running_jobs_key(), job_id)
+
+
+def publish_failed(
+    settings: FleetSettings, job: JobRecord, sent: int, exc: Exception
+) -> FleetUnavailableError:
+    return FleetUnavailableError(
+        f"the broker at {mask_url(settings.broker_url)} failed after {sent} of {job.chunks} chunks were "
+        f"queued ({type(exc).__name__}: {exc}); the job was withdrawn: submit it again"
+    )
