@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
@@ -29,3 +30,15 @@ class GuardedChannel(kombu_redis.Channel):
 
 class GuardedRedisTransport(kombu_redis.Transport):
     Channel = GuardedChannel
+
+
+GUARDED = f"{__name__}:GuardedRedisTransport"
+
+
+def install() -> None:
+    """Make redis:// and rediss:// URLs use the guarded transport in this process (kombu's registry).
+
+    Registered under kombu's own scheme names, so URLs, Celery's banner and Flower's broker page
+    still read redis://.
+    """
+    TRANSPORT_ALIASES.update(redis=GUARDED, rediss=GUARDED)

@@ -6,14 +6,14 @@ from typing import Any
 
 from celery import Celery
 
-from contract.redis_connection import REDIS_SCHEMES, TLS_SCHEME, tls_options
+from contract import broker_transport
+from contract.redis_connection import TLS_SCHEME, tls_options
 from contract.settings import FleetSettings
 
 EMBED_TASK = "embedfleet.embed_chunk"
 SOFT_LIMIT_MARGIN_S = 10
 SOFT_SHUTDOWN_S = 30
 VISIBILITY_TO_TIME_LIMIT = 4
-GUARDED_REDIS = "contract.broker_transport:GuardedRedisTransport"
 
 
 def celery_config(settings: FleetSettings) -> dict[str, Any]:
@@ -24,10 +24,8 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
             "or Redis redelivers chunks that are still running"
         )
     tls = {"broker_use_ssl": tls_options(settings)} if settings.broker_url.startswith(TLS_SCHEME) else {}
-    guarded = {"broker_transport": GUARDED_REDIS} if settings.broker_url.startswith(REDIS_SCHEMES) else {}
     return {
         **tls,
-        **guarded,
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
@@ -71,6 +69,7 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
 
 
 def make_celery(settings: FleetSettings, main: str = "embedfleet") -> Celery:
+    broker_transport.install()
     app = Celery(main)
     app.conf.update(celery_config(settings))
     return app

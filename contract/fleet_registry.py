@@ -8,6 +8,7 @@ skewed clocks agree on who is alive.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import redis
 
@@ -49,7 +50,6 @@ class FleetRegistry:
     def __init__(self, client: redis.Redis, ttl_s: float) -> None:
         self.redis = client
         self.ttl_s = ttl_s
-        self._live_builds = client.register_script(load_lua("live_builds"))
 
     def now(self) -> float:
         seconds, micros = self.redis.time()
@@ -88,7 +88,9 @@ class FleetRegistry:
     def live_builds(self, model: str) -> list[BuildAdvert]:
         """Builds of a model with at least one live node, newest first (one round trip)."""
         script_keys, args = live_builds_call(model)
-        return parse_live_builds(model, self._live_builds(keys=script_keys, args=args))
+        # EVAL_RO: a user with read-only access to the fleet's keys (a producer) may run it.
+        reply = self.redis.eval_ro(load_lua("live_builds"), len(script_keys), *script_keys, *args)
+        return parse_live_builds(model, cast(list[object], reply))
 
 
 def live_builds_call(model: str) -> tuple[list[str], list[str]]:

@@ -4,34 +4,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-import numpy as np
 import redis
 from tqdm import tqdm
 
 from contract import keys
-from contract.codec import Matrix, decode_vectors, encode_vector
-from contract.jobs import JobRecord, JobState, describe_positions, unpack_digests, unpack_positions
+from contract.codec import Matrix, encode_vector
+from contract.jobs import JobRecord, JobState, unpack_digests, unpack_positions
 from contract.lanes import Lane
-from contract.redis_connection import as_bytes, mask_url
-from producer.errors import (
-    EmbedFleetError,
-    FleetUnavailableError,
-    JobFailedError,
-    JobLostError,
-    JobNotFoundError,
-    JobTimeoutError,
-    ResultIncompleteError,
+from contract.redis_connection import as_bytes
+from producer.errors import JobLostError, JobTimeoutError, ResultIncompleteError
+from producer.job_rules import (
+    CANCELLED_ERROR,
+    Missing,
+    StallClock,
+    assemble,
+    check_finished,
+    missing_record,
+    no_texts,
+    outage,
+    pause_s,
+    stall_error,
 )
-from producer.planning import plan_job
+from producer.planning import clip_texts, plan_job
 
 if TYPE_CHECKING:
     from producer.client import EmbeddingClient
 
-Missing = Literal["raise", "mask", "recompute"]
 OUTAGE_BACKOFF_S = 0.5
-CANCELLED_ERROR = "cancelled by its caller"
 
 
 class Job:
@@ -59,7 +60,7 @@ class Job:
     def status(self) -> JobRecord:
         record = self.client.ledger.record(self.id)
         if record is None:
-            raise self._missing()
+            raise missing_record(self.id, self._seen, self.client.settings)
         self._seen = True
         if record.state.finished:
             self._final = record  # an ended job's record no longer changes
@@ -71,11 +72,12 @@ class Job:
         Rides out a Redis outage of EMBED_REDIS_OUTAGE_S; a job whose build has no live worker
         and that makes no progress for EMBED_STALL_TIMEOUT_S is ended failed, saying so.
         """
+        settings = self.client.settings
         deadline = None if timeout is None else time.monotonic() + timeout
         watch = _ProgressWatch(self.client, keys.job_channel(self.id))
         watch.open()  # before the first status read, so no announcement falls between the two
         bar: tqdm | None = None
-        stall = _StallClock()
+        stall = StallClock()
         try:
             while True:
                 record = self._status_through_outage(deadline)
@@ -86,11 +88,9 @@ class Job:
                 bar.update(record.done + record.failed - bar.n)
                 if record.state.finished:
                     return record
-                if stall.stalled(record, self.client.settings.stall_timeout_s) and self._end_if_unserved(
-                    record
-                ):
+                if stall.stalled(record, settings.stall_timeout_s) and self._end_if_unserved(record):
                     continue
-                watch.wait(self._pause(deadline, record, timeout))
+                watch.wait(pause_s(deadline, record, timeout, settings.wait_poll_s))
         finally:
             if bar is not None:
                 bar.close()
@@ -112,36 +112,11 @@ class Job:
             again = self.resume()  # the record itself was evicted: embed the texts again
             again.wait()
             return again.result(missing="recompute")
-        if record.state is JobState.QUEUED:
-            raise EmbedFleetError(
-                f"job {self.id} is still running ({record.done}/{record.total}): call wait() first"
-            )
-        if record.state is not JobState.DONE and missing != "mask":
-            raise JobFailedError(
-                f"job {self.id} {record.state.value}: {record.error}", self._failed_positions()
-            )
-        digests = self._digests(record)
-        blobs = self.client.cache.fetch(record.fingerprint, digests)
-        absent = [position for position, blob in enumerate(blobs) if blob is None]
-        if absent and missing == "recompute":
-            blobs = self._recompute(blobs, absent)
-            absent = []
-        if absent and missing == "raise":
-            raise ResultIncompleteError(
-                f"{len(absent)} of {record.total} vectors of job {self.id} are gone from the cache "
-                f"(evicted or past EMBED_CACHE_TTL_S), inputs {describe_positions(absent)}: call "
-                "result(missing='recompute') on the Job that submit() returned, or resubmit the texts",
-                absent,
-            )
-        rows = [blob if blob is not None else bytes(4 * record.dims) for blob in blobs]
-        vectors = decode_vectors(rows, record.dims)
-        if vectors.shape[0] != record.total:
-            raise EmbedFleetError(f"job {self.id}: {vectors.shape[0]} rows for {record.total} inputs")
-        if missing == "mask":
-            mask = np.zeros(vectors.shape, dtype=bool)
-            mask[absent] = True
-            return np.ma.MaskedArray(vectors, mask=mask)
-        return vectors
+        check_finished(record, missing, self._failed_positions() if record.state is not JobState.DONE else [])
+        blobs = self.client.cache.fetch(record.fingerprint, self._digests(record))
+        if missing == "recompute" and None in blobs:
+            blobs = self._recompute(blobs)
+        return assemble(record, blobs, missing)
 
     def cancel(self) -> JobRecord:
         """End the job now; queued chunks are skipped, vectors already computed stay cached."""
@@ -153,22 +128,8 @@ class Job:
         """Submit the same texts again (after JobLostError, a failure or a cancel); cached rows are reused."""
         texts = texts if texts is not None else self.texts
         if texts is None:
-            raise EmbedFleetError(
-                f"job {self.id} was re-attached by id, so this Job holds no texts: call job.resume(texts)"
-            )
+            raise no_texts(self.id)
         return self.client.submit(texts, priority=self.priority)
-
-    def _missing(self) -> EmbedFleetError:
-        url = mask_url(self.client.settings.cache_url)
-        if self._seen:
-            return JobLostError(
-                f"job {self.id} vanished from {url} (Redis restarted without persistence, was flushed, or "
-                "evicted it): call job.resume() to submit the same texts again"
-            )
-        return JobNotFoundError(
-            f"no job {self.id} on {url}: check the id and EMBED_CACHE_URL (jobs expire after "
-            f"EMBED_JOB_TTL_S={self.client.settings.job_ttl_s})"
-        )
 
     def _status_through_outage(self, deadline: float | None) -> JobRecord:
         started = time.monotonic()
@@ -178,10 +139,7 @@ class Job:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 waited = time.monotonic() - started
                 if waited > self.client.settings.redis_outage_s:
-                    raise FleetUnavailableError(
-                        f"Redis at {mask_url(self.client.settings.cache_url)} unreachable for {waited:.0f} s "
-                        f"({exc}); job {self.id} may still finish: re-attach with client.job({self.id!r})"
-                    ) from exc
+                    raise outage(self.id, self.client.settings, waited, exc) from exc
                 if deadline is not None and time.monotonic() > deadline:
                     raise JobTimeoutError(
                         f"job {self.id}: Redis unreachable until the timeout ({exc})"
@@ -193,48 +151,27 @@ class Job:
         client, settings = self.client, self.client.settings
         if client.registry.live_nodes(record.model, record.fingerprint):
             return False
-        error = (
-            f"no live worker served build {record.fingerprint} of {record.model} for "
-            f"{settings.stall_timeout_s:.0f} s: start workers, then job.resume()"
-        )
         bound = client.ledger.server_time() - settings.stall_timeout_s
-        return client.ledger.end_job(self.id, JobState.FAILED, error, bound) != 0
-
-    def _pause(self, deadline: float | None, record: JobRecord, timeout: float | None) -> float:
-        pause = self.client.settings.wait_poll_s
-        if deadline is None:
-            return pause
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise JobTimeoutError(
-                f"job {self.id} not finished after {timeout}s ({record.done}/{record.total} done); it keeps "
-                f"running: wait again or re-attach with client.job({self.id!r})"
-            )
-        return min(pause, left)
+        return client.ledger.end_job(self.id, JobState.FAILED, stall_error(record, settings), bound) != 0
 
     def _digests(self, record: JobRecord) -> list[str]:
-        if self._digests_known is not None and record.fingerprint:
+        if self._digests_known is not None:
             return self._digests_known
         blob = self.client.redis.get(keys.job_digests_key(self.id))
         if blob:
-            digests = unpack_digests(as_bytes(blob))
-        elif self.texts is not None:
-            digests = plan_job(self.texts, record.fingerprint).digests
-        else:
-            raise ResultIncompleteError(
-                f"the input digests of job {self.id} are gone from Redis (evicted): resubmit the texts"
-            )
-        if len(digests) != record.total:
-            raise EmbedFleetError(f"job {self.id} has {len(digests)} digests for {record.total} inputs")
-        return digests
-
-    def _recompute(self, blobs: list[bytes | None], absent: list[int]) -> list[bytes | None]:
+            return unpack_digests(as_bytes(blob))
         if self.texts is None:
             raise ResultIncompleteError(
-                f"{len(absent)} vectors of job {self.id} were evicted and this Job holds no texts to "
-                "recompute them: resubmit the texts",
-                absent,
+                f"the input digests of job {self.id} are gone from Redis: resubmit the texts"
             )
+        return plan_job(
+            clip_texts(list(self.texts), self.client.settings.max_text_chars), record.fingerprint
+        ).digests
+
+    def _recompute(self, blobs: list[bytes | None]) -> list[bytes | None]:
+        absent = [position for position, blob in enumerate(blobs) if blob is None]
+        if self.texts is None:
+            raise no_texts(self.id, len(absent))
         again = self.client.submit([self.texts[position] for position in absent], priority=self.priority)
         again.wait()
         fresh = again.result()
@@ -291,23 +228,3 @@ class _ProgressWatch:
     def _drop(self) -> None:
         self.client.drop_thread_pubsub()
         self.pubsub = None
-
-
-class _StallClock:
-    """When the job's progress last changed, on this host's monotonic clock."""
-
-    def __init__(self) -> None:
-        self.mark: tuple[int, float] | None = None
-        self.since = time.monotonic()
-
-    def stalled(self, record: JobRecord, stall_timeout_s: float) -> bool:
-        """True once per stall period without progress; the clock restarts each time it says so."""
-        mark = (record.counted, record.updated)
-        now = time.monotonic()
-        if mark != self.mark:
-            self.mark, self.since = mark, now
-            return False
-        if now - self.since < stall_timeout_s:
-            return False
-        self.since = now
-        return True

@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- The live builds of a model: those with a node whose heartbeat has not run out (Redis' clock).
 -- KEYS[1] sorted set of the model's builds (fingerprint -> when first advertised)
 -- ARGV[1] key prefix of a build's advert (the advert is <prefix><fingerprint>, its nodes

@@ -59,6 +59,10 @@ PAGE_WAIT_S = 60.0
 JOB_TEXTS = 20_000
 JOB_TIMEOUT_S = 600.0
 TASK_ROWS = 10  # of the 15 the Tasks page shows at once
+# Flower's default hides args, kwargs and result: show all that could carry a text, to see that none does.
+TASKS_COLUMNS = "name,uuid,state,args,kwargs,result,runtime,worker"
+# The screenshot: a 1280x800 image of a 1600x1000 layout, wide enough for the columns above.
+SCREEN = {"width": 1600, "height": 1000, "deviceScaleFactor": 0.8, "mobile": False}
 
 
 @dataclass
@@ -108,7 +112,12 @@ def flower(fleet: LocalFleet, client: EmbeddingClient, tmp_path: Path) -> Iterat
     log = tmp_path / "flower.log"
     command = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}"]
     command.append("--address=127.0.0.1")
-    env = {**os.environ, **fleet.env, "FLOWER_BASIC_AUTH": f"admin:{password}"}
+    env = {
+        **os.environ,
+        **fleet.env,
+        "FLOWER_BASIC_AUTH": f"admin:{password}",
+        "FLOWER_TASKS_COLUMNS": TASKS_COLUMNS,
+    }
     with log.open("ab") as sink:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=sink, stderr=sink)
     flower = Flower(f"http://127.0.0.1:{port}", f"Basic {token}", process, log)
@@ -141,6 +150,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 def authorize(driver: WebDriver, flower: Flower) -> None:
     """Every request of the page (the tasks table's XHRs too) carries the basic-auth header."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", SCREEN)
     driver.execute_cdp_cmd("Network.enable", {})
     driver.execute_cdp_cmd(
         "Network.setExtraHTTPHeaders", {"headers": {"Authorization": flower.authorization}}
@@ -171,22 +181,30 @@ def check_tasks_page(driver: WebDriver, flower: Flower, job_id: str, texts: list
     names = {row.find_element(By.CSS_SELECTOR, "td:first-child").text for row in rows}
     assert names == {EMBED_TASK}, names
     assert all(identifier.removeprefix(f"{job_id}.").isdigit() for identifier in ids), ids
-    source = driver.page_source
-    assert f"job {job_id} chunk " in source  # the kwargsrepr stands in for the payload
-    assert not [text for text in texts if text in source], "a submitted text reached Flower's Tasks page"
+    assert f"job {job_id} chunk " in driver.page_source  # the kwargsrepr stands in for the payload
+    assert_no_text(driver, texts)
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(SCREENSHOT))
+    driver.get(f"{flower.url}/task/{ids[-1]}")  # every field Flower keeps of one task
+    WebDriverWait(driver, PAGE_WAIT_S).until(lambda driver: driver.find_elements(By.ID, "task-page"))
+    assert_no_text(driver, texts)
+
+
+def assert_no_text(driver: WebDriver, texts: list[str]) -> None:
+    source = driver.page_source
+    leaked = [text for text in texts if text in source]
+    assert not leaked, f"{len(leaked)} submitted texts on {driver.current_url}, e.g. {leaked[0]!r}"
 
 
 def check_broker_page(driver: WebDriver, flower: Flower, lanes: list[str]) -> None:
     """Both lanes' queues listed, once Flower has inspected which queues the workers consume."""
     flower.api("/api/workers?refresh=1")
-    driver.get(f"{flower.url}/broker")
-    first_cells = "#queue-table tbody tr td:first-child"
-    WebDriverWait(driver, PAGE_WAIT_S).until(
-        lambda driver: driver.find_elements(By.CSS_SELECTOR, first_cells)
-    )
-    queues = [cell.text for cell in driver.find_elements(By.CSS_SELECTOR, first_cells)]
+    driver.get(f"{flower.url}/broker")  # returns once the page (rendered by Flower, no XHR) has loaded
+    page = driver.find_element(By.TAG_NAME, "body").text
+    assert driver.find_elements(By.ID, "queue-table"), f"no queue table on /broker:\n{page[:1000]}"
+    queues = [
+        cell.text for cell in driver.find_elements(By.CSS_SELECTOR, "#queue-table tbody tr td:first-child")
+    ]
     assert set(lanes) <= set(queues), queues
 
 

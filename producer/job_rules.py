@@ -1,0 +1,133 @@
+"""What a job's state means to its caller, the same for the sync and the asyncio client.
+
+Pure: the errors a caller meets (each saying what to do next), when a wait has stalled, and how
+fetched vectors become the result matrix. The clients only fetch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+
+from contract.codec import Matrix, decode_vectors
+from contract.jobs import JobRecord, JobState, describe_positions
+from contract.redis_connection import mask_url
+from contract.settings import FleetSettings
+from producer.errors import (
+    EmbedFleetError,
+    FleetUnavailableError,
+    JobFailedError,
+    JobLostError,
+    JobNotFoundError,
+    JobTimeoutError,
+    ResultIncompleteError,
+)
+
+Missing = Literal["raise", "mask", "recompute"]
+CANCELLED_ERROR = "cancelled by its caller"
+
+
+def missing_record(job_id: str, seen: bool, settings: FleetSettings) -> EmbedFleetError:
+    """No record: lost, when this caller saw it before; else not found."""
+    url = mask_url(settings.cache_url)
+    if seen:
+        return JobLostError(
+            f"job {job_id} vanished from {url} (Redis restarted without persistence, was flushed, or "
+            "evicted it): call job.resume() to submit the same texts again"
+        )
+    return JobNotFoundError(
+        f"no job {job_id} on {url}: check the id and EMBED_CACHE_URL (jobs expire after "
+        f"EMBED_JOB_TTL_S={settings.job_ttl_s})"
+    )
+
+
+def check_finished(record: JobRecord, missing: Missing, failed_positions: list[int]) -> None:
+    """A result needs an ended job; one that failed or was cancelled raises unless rows may be masked."""
+    if record.state is JobState.QUEUED:
+        raise EmbedFleetError(
+            f"job {record.id} is still running ({record.done}/{record.total}): call wait() first"
+        )
+    if record.state is not JobState.DONE and missing != "mask":
+        raise JobFailedError(f"job {record.id} {record.state.value}: {record.error}", failed_positions)
+
+
+def assemble(record: JobRecord, blobs: list[bytes | None], missing: Missing) -> Matrix:
+    """Exactly `total` rows in input order; rows without a vector raise or are masked."""
+    absent = [position for position, blob in enumerate(blobs) if blob is None]
+    if absent and missing != "mask":
+        raise ResultIncompleteError(
+            f"{len(absent)} of {record.total} vectors of job {record.id} are gone from the cache "
+            f"(evicted or past EMBED_CACHE_TTL_S), inputs {describe_positions(absent)}: call "
+            "result(missing='recompute') on the Job that submit() returned, or resubmit the texts",
+            absent,
+        )
+    vectors = decode_vectors([blob or bytes(4 * record.dims) for blob in blobs], record.dims)
+    if vectors.shape[0] != record.total:
+        raise EmbedFleetError(f"job {record.id}: {vectors.shape[0]} rows for {record.total} inputs")
+    if missing != "mask":
+        return vectors
+    mask = np.zeros(vectors.shape, dtype=bool)
+    mask[absent] = True
+    return np.ma.MaskedArray(vectors, mask=mask)
+
+
+def no_texts(job_id: str, absent: int = 0) -> EmbedFleetError:
+    what = (
+        f"{absent} vectors of job {job_id} were evicted and this Job"
+        if absent
+        else f"job {job_id} was re-attached by id, so this Job"
+    )
+    return ResultIncompleteError(f"{what} holds no texts: pass them (job.resume(texts)) or resubmit them")
+
+
+def stall_error(record: JobRecord, settings: FleetSettings) -> str:
+    return (
+        f"no live worker served build {record.fingerprint} of {record.model} for "
+        f"{settings.stall_timeout_s:.0f} s: start workers, then job.resume()"
+    )
+
+
+def wait_timeout(record: JobRecord, timeout: float | None) -> JobTimeoutError:
+    return JobTimeoutError(
+        f"job {record.id} not finished after {timeout}s ({record.done}/{record.total} done); it keeps "
+        f"running: wait again or re-attach with client.job({record.id!r})"
+    )
+
+
+def outage(job_id: str, settings: FleetSettings, waited_s: float, exc: Exception) -> FleetUnavailableError:
+    return FleetUnavailableError(
+        f"Redis at {mask_url(settings.cache_url)} unreachable for {waited_s:.0f} s ({exc}); job {job_id} "
+        f"may still finish: re-attach with client.job({job_id!r})"
+    )
+
+
+class StallClock:
+    """When the job's progress last changed, on this host's monotonic clock."""
+
+    def __init__(self) -> None:
+        self.mark: tuple[int, float] | None = None
+        self.since = time.monotonic()
+
+    def stalled(self, record: JobRecord, stall_timeout_s: float) -> bool:
+        """True once per stall period without progress; the clock restarts each time it says so."""
+        mark = (record.counted, record.updated)
+        now = time.monotonic()
+        if mark != self.mark:
+            self.mark, self.since = mark, now
+            return False
+        if now - self.since < stall_timeout_s:
+            return False
+        self.since = now
+        return True
+
+
+def pause_s(deadline: float | None, record: JobRecord, timeout: float | None, poll_s: float) -> float:
+    """How long to wait for the next announcement; raises once the caller's timeout has passed."""
+    if deadline is None:
+        return poll_s
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise wait_timeout(record, timeout)
+    return min(poll_s, left)
