@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -50,8 +53,25 @@ def connect(url: str, settings: FleetSettings, outage_s: float | None = None) ->
     """
     budget = settings.redis_outage_s if outage_s is None else outage_s
     retry = Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retries_for(budget))
-    tls = tls_options(settings) if url.startswith(TLS_SCHEME) else {}
+    tls: dict[str, Any] = tls_options(settings) if url.startswith(TLS_SCHEME) else {}
     return redis.Redis.from_url(
+        url,
+        **tls,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        socket_keepalive=True,
+        health_check_interval=settings.redis_health_check_interval_s,
+        retry=retry,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+def async_connect(url: str, settings: FleetSettings, outage_s: float | None = None) -> aioredis.Redis:
+    """As `connect`, for asyncio (redis.asyncio), with the same timeouts, retries and TLS options."""
+    budget = settings.redis_outage_s if outage_s is None else outage_s
+    retry = AsyncRetry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retries_for(budget))
+    tls: dict[str, Any] = tls_options(settings) if url.startswith(TLS_SCHEME) else {}
+    return aioredis.Redis.from_url(
         url,
         **tls,
         socket_timeout=settings.redis_socket_timeout_s,

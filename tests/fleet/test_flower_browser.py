@@ -8,7 +8,6 @@ page (named by job and chunk, never by their texts). The Tasks page screenshot i
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import secrets
@@ -90,18 +89,34 @@ class Flower:
                 self.process.wait()
 
 
+def sees_worker(flower: Flower, worker: str) -> bool:
+    """Flower has inspected the worker (its queues) and receives its events (its heartbeats)."""
+    try:
+        inspected = flower.api("/api/workers?refresh=1")
+        alive = flower.api("/api/workers?status=1")
+    except (OSError, ValueError):  # not listening yet, or an empty answer
+        return False
+    return (
+        isinstance(inspected, dict) and worker in inspected and isinstance(alive, dict) and alive.get(worker)
+    )
+
+
 def wait_for_worker(flower: Flower, worker: str) -> None:
-    """Until Flower answers (behind auth) and its inspection of the workers names this one."""
     deadline = time.monotonic() + FLOWER_START_S
     while time.monotonic() < deadline:
         if flower.process.poll() is not None:
             pytest.fail(f"Flower exited with {flower.process.returncode}:\n{flower.log_tail()}")
-        with contextlib.suppress(OSError, ValueError):  # not listening yet, or an empty answer
-            workers = flower.api("/api/workers?refresh=1")
-            if isinstance(workers, dict) and worker in workers:
-                return
+        if sees_worker(flower, worker):
+            return
         time.sleep(0.5)
     pytest.fail(f"Flower did not see worker {worker} within {FLOWER_START_S}s:\n{flower.log_tail()}")
+
+
+def enable_task_events(client: EmbeddingClient, workers: list[str]) -> None:
+    """What Flower broadcasts every 5 s from its start; sent now and acknowledged, so that the
+    job's first chunks (received before Flower's first broadcast) appear on its Tasks page too."""
+    replies = client.celery.control.enable_events(destination=workers, reply=True, timeout=10)
+    assert sorted(name for reply in replies for name in reply) == sorted(workers), replies
 
 
 @pytest.fixture
@@ -123,6 +138,7 @@ def flower(fleet: LocalFleet, client: EmbeddingClient, tmp_path: Path) -> Iterat
     flower = Flower(f"http://127.0.0.1:{port}", f"Basic {token}", process, log)
     try:
         wait_for_worker(flower, fleet.worker.name)
+        enable_task_events(client, [node.name for node in fleet.nodes])
         yield flower
     finally:
         flower.stop()

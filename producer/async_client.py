@@ -1,0 +1,330 @@
+"""The asyncio client: the same API as EmbeddingClient, on redis.asyncio, for asyncio web apps.
+
+Every Redis round trip is awaited, so no request blocks the event loop; Celery's publish (kombu
+is synchronous) runs on a worker thread. Decisions, records and errors come from the modules
+the sync client uses (producer.submission, producer.job_rules), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+
+from contract import keys
+from contract.celery_config import EMBED_TASK, make_celery
+from contract.codec import Matrix, encode_vector
+from contract.fleet_registry import BuildAdvert, live_builds_call, parse_live_builds
+from contract.jobs import ChunkRef, JobRecord, JobState, unpack_digests, unpack_positions
+from contract.lanes import Lane, queue_name
+from contract.lua_scripts import load_lua
+from contract.redis_connection import as_bytes, async_connect, explain, mask_url
+from contract.settings import FleetSettings
+from contract.vector_cache import VectorCache
+from producer.errors import JobLostError, JobTimeoutError, RedisUnavailableError, ResultIncompleteError
+from producer.job_rules import (
+    CANCELLED_ERROR,
+    Missing,
+    StallClock,
+    assemble,
+    check_finished,
+    missing_record,
+    no_texts,
+    outage,
+    pause_s,
+    stall_error,
+)
+from producer.planning import clip_texts, plan_job, validate_texts
+from producer.submission import choose_build, prepare_job, publish_failed, queue_store, queue_withdraw
+
+CALL_RETRY_S = 1.0
+OUTAGE_BACKOFF_S = 0.5
+
+
+class AsyncEmbeddingClient:
+    def __init__(self, settings: FleetSettings | None = None) -> None:
+        self.settings = settings or FleetSettings()
+        self.redis = async_connect(self.settings.cache_url, self.settings, CALL_RETRY_S)
+        self.cache = VectorCache(
+            cast(Any, self.redis), self.settings.cache_ttl_s, self.settings.fetch_batch_size
+        )
+        self.celery = make_celery(self.settings, main="producer")
+        self._end = self.redis.register_script(load_lua("end_job"))
+        self._builds: tuple[float, list[BuildAdvert]] = (0.0, [])
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        await asyncio.to_thread(self.celery.close)
+
+    async def __aenter__(self) -> AsyncEmbeddingClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def build(self) -> BuildAdvert:
+        return choose_build(await self._live_builds(), self.settings)
+
+    async def submit(self, texts: Sequence[str], priority: Lane | str | None = None) -> AsyncJob:
+        """As EmbeddingClient.submit: returns at once with the job; only cache misses are queued."""
+        texts = validate_texts(texts, self.settings.max_job_texts)
+        build = await self.build()
+        plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
+        pipe = self.redis.pipeline(transaction=False)
+        self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
+        hits, cut = self.cache.read_look(await pipe.execute(), len(plan.unique_digests))
+        job = prepare_job(plan, build, hits, cut, self.settings, priority)
+        pipe = self.redis.pipeline(transaction=True)
+        queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
+        await pipe.execute()
+        await self._publish(job.record)
+        return AsyncJob(self, job.record.id, texts=texts, priority=priority, digests=plan.digests)
+
+    async def job(self, job_id: str) -> AsyncJob:
+        job = AsyncJob(self, job_id)
+        await job.status()
+        return job
+
+    async def embed(self, texts: Sequence[str], timeout: float | None = None) -> Matrix:
+        """Submit on the interactive lane, wait, return the vectors."""
+        job = await self.submit(texts, priority=Lane.INTERACTIVE)
+        await job.wait(timeout=timeout)
+        return await job.result()
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        return await (await self.job(job_id)).cancel()
+
+    async def record(self, job_id: str) -> JobRecord | None:
+        raw = await self.redis.hgetall(keys.job_key(job_id))
+        return JobRecord.from_redis(raw) if raw else None
+
+    async def end_job(
+        self, job_id: str, state: JobState, error: str, unless_progress_since: float | None = None
+    ) -> int:
+        bound = "" if unless_progress_since is None else f"{unless_progress_since:.6f}"
+        script_keys = [
+            keys.job_key(job_id),
+            keys.running_jobs_key(),
+            keys.job_payloads_key(job_id),
+            keys.job_leases_key(job_id),
+            keys.job_orphans_key(job_id),
+        ]
+        return int(
+            await self._end(
+                keys=script_keys, args=[state.value, error, keys.job_channel(job_id), job_id, bound]
+            )
+        )
+
+    async def server_time(self) -> float:
+        seconds, micros = await self.redis.time()
+        return float(seconds) + micros / 1e6
+
+    async def live_nodes(self, model: str, fingerprint: str) -> list[bytes]:
+        now = await self.server_time()
+        return cast(
+            list[bytes], await self.redis.zrangebyscore(keys.build_nodes_key(model, fingerprint), now, "+inf")
+        )
+
+    async def _live_builds(self) -> list[BuildAdvert]:
+        expires, builds = self._builds
+        if builds and time.monotonic() < expires:
+            return builds
+        script_keys, args = live_builds_call(self.settings.model_name)
+        try:
+            reply = await self.redis.eval_ro(load_lua("live_builds"), len(script_keys), *script_keys, *args)
+        except redis.RedisError as exc:
+            where = mask_url(self.settings.cache_url)
+            raise RedisUnavailableError(
+                f"Redis at {where} is unreachable ({explain(exc)}): nothing was queued"
+            ) from exc
+        builds = parse_live_builds(self.settings.model_name, cast(list[object], reply))
+        self._builds = (time.monotonic() + self.settings.heartbeat_interval_s, builds)
+        return builds
+
+    async def _publish(self, record: JobRecord) -> None:
+        try:
+            await asyncio.to_thread(self._send_all, record)
+        except _PublishError as failure:
+            pipe = self.redis.pipeline(transaction=True)
+            queue_withdraw(cast(Any, pipe), record.id)
+            with contextlib.suppress(redis.RedisError):  # what is left, the reconciler finishes
+                await pipe.execute()
+            raise publish_failed(self.settings, record, failure.sent, failure.cause) from failure.cause
+
+    def _send_all(self, record: JobRecord) -> None:
+        queue = queue_name(record.model, record.fingerprint, record.lane)
+        for chunk in range(record.chunks):
+            ref = ChunkRef(record.id, chunk)
+            try:
+                self.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
+            except Exception as exc:
+                raise _PublishError(chunk, exc) from exc
+
+
+class _PublishError(Exception):
+    def __init__(self, sent: int, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.sent = sent
+        self.cause = cause
+
+
+class AsyncJob:
+    """As producer.Job, awaited."""
+
+    def __init__(
+        self,
+        client: AsyncEmbeddingClient,
+        job_id: str,
+        texts: Sequence[str] | None = None,
+        priority: Lane | str | None = None,
+        digests: list[str] | None = None,
+    ) -> None:
+        self.client = client
+        self.id = job_id
+        self.texts = texts
+        self.priority = priority
+        self._seen = texts is not None
+        self._digests_known = digests
+        self._final: JobRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncJob({self.id!r})"
+
+    async def status(self) -> JobRecord:
+        record = await self.client.record(self.id)
+        if record is None:
+            raise missing_record(self.id, self._seen, self.client.settings)
+        self._seen = True
+        if record.state.finished:
+            self._final = record
+        return record
+
+    async def wait(self, timeout: float | None = None) -> JobRecord:
+        """As Job.wait: ends by `timeout`, rides out a Redis outage, ends a stalled job."""
+        settings = self.client.settings
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.client.redis.pubsub(ignore_subscribe_messages=True)
+        stall = StallClock()
+        try:
+            await self._subscribe(pubsub)
+            while True:
+                record = await self._status_through_outage(deadline)
+                if record.state.finished:
+                    return record
+                if stall.stalled(record, settings.stall_timeout_s) and await self._end_if_unserved(record):
+                    continue
+                await _next_message(pubsub, pause_s(deadline, record, timeout, settings.wait_poll_s))
+        finally:
+            await pubsub.aclose()
+
+    async def result(self, missing: Missing = "raise") -> Matrix:
+        """As Job.result."""
+        try:
+            record = self._final or await self.status()
+        except JobLostError:
+            if missing != "recompute" or self.texts is None:
+                raise
+            again = await self.resume()
+            await again.wait()
+            return await again.result(missing="recompute")
+        failed = await self._failed_positions() if record.state is not JobState.DONE else []
+        check_finished(record, missing, failed)
+        blobs = await self._fetch(record)
+        if missing == "recompute" and None in blobs:
+            blobs = await self._recompute(blobs)
+        return assemble(record, blobs, missing)
+
+    async def cancel(self) -> JobRecord:
+        await self.status()
+        await self.client.end_job(self.id, JobState.CANCELLED, CANCELLED_ERROR)
+        return await self.status()
+
+    async def resume(self, texts: Sequence[str] | None = None) -> AsyncJob:
+        texts = texts if texts is not None else self.texts
+        if texts is None:
+            raise no_texts(self.id)
+        return await self.client.submit(texts, priority=self.priority)
+
+    async def _subscribe(self, pubsub: aioredis.client.PubSub) -> None:
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            await pubsub.subscribe(keys.job_channel(self.id))  # else status reads still end the wait
+
+    async def _status_through_outage(self, deadline: float | None) -> JobRecord:
+        started = time.monotonic()
+        while True:
+            try:
+                return await self.status()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                waited = time.monotonic() - started
+                if waited > self.client.settings.redis_outage_s:
+                    raise outage(self.id, self.client.settings, waited, exc) from exc
+                if deadline is not None and time.monotonic() > deadline:
+                    raise JobTimeoutError(
+                        f"job {self.id}: Redis unreachable until the timeout ({exc})"
+                    ) from exc
+                await asyncio.sleep(OUTAGE_BACKOFF_S)
+
+    async def _end_if_unserved(self, record: JobRecord) -> bool:
+        settings = self.client.settings
+        if await self.client.live_nodes(record.model, record.fingerprint):
+            return False
+        bound = await self.client.server_time() - settings.stall_timeout_s
+        return await self.client.end_job(self.id, JobState.FAILED, stall_error(record, settings), bound) != 0
+
+    async def _fetch(self, record: JobRecord) -> list[bytes | None]:
+        digests = await self._digests(record)
+        found: list[bytes | None] = []
+        size = self.client.settings.fetch_batch_size
+        for start in range(0, len(digests), size):
+            batch = [keys.vector_key(record.fingerprint, d) for d in digests[start : start + size]]
+            found.extend(
+                None if value is None else as_bytes(value) for value in await self.client.redis.mget(batch)
+            )
+        return found
+
+    async def _digests(self, record: JobRecord) -> list[str]:
+        if self._digests_known is not None:
+            return self._digests_known
+        blob = await self.client.redis.get(keys.job_digests_key(self.id))
+        if blob:
+            return unpack_digests(as_bytes(blob))
+        if self.texts is None:
+            raise ResultIncompleteError(
+                f"the input digests of job {self.id} are gone from Redis: resubmit the texts"
+            )
+        max_chars = self.client.settings.max_text_chars
+        return plan_job(clip_texts(list(self.texts), max_chars), record.fingerprint).digests
+
+    async def _recompute(self, blobs: list[bytes | None]) -> list[bytes | None]:
+        absent = [position for position, blob in enumerate(blobs) if blob is None]
+        if self.texts is None:
+            raise no_texts(self.id, len(absent))
+        again = await self.client.submit(
+            [self.texts[position] for position in absent], priority=self.priority
+        )
+        await again.wait()
+        fresh = await again.result()
+        filled = list(blobs)
+        for row, position in enumerate(absent):
+            filled[position] = encode_vector(fresh[row])
+        return filled
+
+    async def _failed_positions(self) -> list[int]:
+        blob = await self.client.redis.get(keys.job_failed_positions_key(self.id))
+        return unpack_positions(as_bytes(blob)) if blob else []
+
+
+async def _next_message(pubsub: aioredis.client.PubSub, timeout: float) -> None:
+    """Until a progress announcement or `timeout` (subscribe confirmations do not count)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
+                return
+    except (redis.ConnectionError, redis.TimeoutError):
+        await asyncio.sleep(min(timeout, OUTAGE_BACKOFF_S))
