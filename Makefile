@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(FIND_LINKS) -e ".[worker,modelbuild,gateway,dev]"
+	$(PY) -m pip install -q $(FIND_LINKS) -e ".[worker,flower,modelbuild,gateway,dev]"
 	touch $@
 
 artifact: $(ARTIFACT)/manifest.json

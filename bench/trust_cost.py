@@ -76,6 +76,8 @@ def main() -> None:
                 engine.fingerprint,
                 engine.manifest.fingerprint,
                 engine.dims,
+                engine.manifest.name,
+                engine.manifest.max_seq_length,
                 1,
                 NODE,
                 0,

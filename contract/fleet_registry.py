@@ -32,6 +32,8 @@ class BuildAdvert:
     since: float
     nodes: int = 0
     processes: int = 0
+    name: str = ""
+    max_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class NodeAdvert:
     fingerprint: str
     artifact: str
     dims: int
+    name: str
+    max_tokens: int
     processes: int
     host: str
     pid: int
@@ -67,11 +71,15 @@ class FleetRegistry:
         pipe.zadd(nodes, {advert.node: now + self.ttl_s})
         pipe.zremrangebyscore(nodes, "-inf", now)
         pipe.pexpire(nodes, ttl_ms)
-        build_fields = ("model", "fingerprint", "artifact", "dims")
+        build_fields = ("model", "fingerprint", "artifact", "dims", "name", "max_tokens")
         pipe.hset(build, mapping={name: getattr(advert, name) for name in build_fields})
         pipe.pexpire(build, ttl_ms)
         pipe.zadd(keys.builds_key(advert.model), {advert.fingerprint: now}, nx=True)
         pipe.execute()
+
+    def publish_tokenizer(self, artifact: str, tokenizer_json: bytes, ttl_s: int) -> None:
+        """The artifact's tokenizer, for producers that count tokens without the artifact (the gateway)."""
+        self.redis.set(keys.tokenizer_key(artifact), tokenizer_json, ex=ttl_s)
 
     def withdraw(self, advert: NodeAdvert) -> None:
         """Leave at once on warm shutdown, so producers stop choosing a build nobody serves."""
@@ -100,7 +108,10 @@ def live_builds_call(model: str) -> tuple[list[str], list[str]]:
 
 def parse_live_builds(model: str, reply: list[object]) -> list[BuildAdvert]:
     fields = [as_text(value) for value in reply]
+    rows = zip(*[iter(fields)] * 8, strict=True)
     return [
-        BuildAdvert(model, fp, artifact, int(dims), float(since), int(nodes), int(processes))
-        for fp, artifact, dims, since, nodes, processes in zip(*[iter(fields)] * 6, strict=True)
+        BuildAdvert(
+            model, fp, artifact, int(dims), float(since), int(nodes), int(processes), name, int(tokens)
+        )
+        for fp, artifact, dims, since, nodes, processes, name, tokens in rows
     ]

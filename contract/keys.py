@@ -86,6 +86,11 @@ def running_jobs_key() -> str:
     return f"{JOBS_PREFIX}:running"
 
 
+def stats_key() -> str:
+    """Hash: jobs ended so far by state (`done`, `failed`, `cancelled`), for the jobs-by-state metric."""
+    return f"{JOBS_PREFIX}:ended"
+
+
 def node_key(node: str) -> str:
     """Hash with a short TTL: a worker node's heartbeat (build, processes, host)."""
     return f"{FLEET_PREFIX}:node:{node}"
@@ -104,6 +109,11 @@ def build_nodes_key(model_name: str, fingerprint: str) -> str:
 def builds_key(model_name: str) -> str:
     """Sorted set: every build of a model ever advertised, scored by when it first came up."""
     return f"{FLEET_PREFIX}:builds:{model_name}"
+
+
+def tokenizer_key(artifact: str) -> str:
+    """String: an artifact's tokenizer.json, published by its workers so a gateway can count tokens."""
+    return f"{FLEET_PREFIX}:tokenizer:{artifact}"
 
 
 def carried_key(task_id: str) -> str:

@@ -65,6 +65,22 @@ def _claim(reply: Sequence[object]) -> Claim:
     )
 
 
+def end_job_call(
+    job_id: str, state: JobState, error: str, unless_progress_since: float | None
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of end_job.lua (the sync and the asyncio client run the same script)."""
+    bound = "" if unless_progress_since is None else f"{unless_progress_since:.6f}"
+    script_keys = [
+        keys.job_key(job_id),
+        keys.running_jobs_key(),
+        keys.job_payloads_key(job_id),
+        keys.job_leases_key(job_id),
+        keys.job_orphans_key(job_id),
+        keys.stats_key(),
+    ]
+    return script_keys, [state.value, error, keys.job_channel(job_id), job_id, bound]
+
+
 def failed_outcome(payload: ChunkPayload | None, error: str) -> ChunkOutcome:
     """A failed chunk's count, naming the input positions it leaves without vectors."""
     if payload is None:
@@ -164,6 +180,7 @@ class JobLedger:
             keys.job_orphans_key(job),
             keys.job_failed_positions_key(job),
             keys.running_jobs_key(),
+            keys.stats_key(),
         ]
         args: list[EncodableT] = [
             ref.chunk,
@@ -181,16 +198,5 @@ class JobLedger:
         self, job_id: str, state: JobState, error: str, unless_progress_since: float | None = None
     ) -> int:
         """End an unfinished job now; with `unless_progress_since`, only if it made no progress since."""
-        bound = "" if unless_progress_since is None else f"{unless_progress_since:.6f}"
-        return int(
-            self._end(
-                keys=[
-                    keys.job_key(job_id),
-                    keys.running_jobs_key(),
-                    keys.job_payloads_key(job_id),
-                    keys.job_leases_key(job_id),
-                    keys.job_orphans_key(job_id),
-                ],
-                args=[state.value, error, keys.job_channel(job_id), job_id, bound],
-            )
-        )
+        script_keys, args = end_job_call(job_id, state, error, unless_progress_since)
+        return int(self._end(keys=script_keys, args=args))

@@ -97,6 +97,14 @@ class FleetSettings(BaseSettings):
         "required", description="how Redis' certificate is checked; `none` only for tests"
     )
 
+    api_keys: str = Field("", description="gateway API keys, comma-separated; none: no authentication")
+    api_keys_file: Path | None = Field(
+        None, description="gateway API keys, one a line (with or beside api_keys)"
+    )
+    max_request_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest gateway request body")
+    gateway_timeout_s: float = Field(60.0, gt=0, description="how long /v1/embeddings waits for its vectors")
+    metrics_port: int = Field(0, ge=0, description="worker: serve Prometheus metrics on this port (0 = off)")
+
     heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a worker renews its advert")
     heartbeat_ttl_s: float = Field(10.0, gt=0, description="a worker silent this long counts as gone")
     reconcile_interval_s: float = Field(10.0, gt=0, description="how often the fleet sweeps running jobs")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
@@ -22,6 +22,7 @@ from contract.codec import Matrix, encode_vector
 from contract.fleet_registry import BuildAdvert, live_builds_call, parse_live_builds
 from contract.jobs import ChunkRef, JobRecord, JobState, unpack_digests, unpack_positions
 from contract.lanes import Lane, queue_name
+from contract.ledger import end_job_call
 from contract.lua_scripts import load_lua
 from contract.redis_connection import as_bytes, async_connect, explain, mask_url
 from contract.settings import FleetSettings
@@ -47,8 +48,12 @@ OUTAGE_BACKOFF_S = 0.5
 
 
 class AsyncEmbeddingClient:
-    def __init__(self, settings: FleetSettings | None = None) -> None:
+    def __init__(
+        self, settings: FleetSettings | None = None, on_submit: Callable[[int, int], None] | None = None
+    ) -> None:
+        """`on_submit(cached, total)` hears, for each job, how many of its inputs the cache already held."""
         self.settings = settings or FleetSettings()
+        self.on_submit = on_submit
         self.redis = async_connect(self.settings.cache_url, self.settings, CALL_RETRY_S)
         self.cache = VectorCache(
             cast(Any, self.redis), self.settings.cache_ttl_s, self.settings.fetch_batch_size
@@ -79,6 +84,8 @@ class AsyncEmbeddingClient:
         self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
         hits, cut = self.cache.read_look(await pipe.execute(), len(plan.unique_digests))
         job = prepare_job(plan, build, hits, cut, self.settings, priority)
+        if self.on_submit is not None:
+            self.on_submit(job.record.done, job.record.total)
         pipe = self.redis.pipeline(transaction=True)
         queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
         await pipe.execute()
@@ -106,19 +113,8 @@ class AsyncEmbeddingClient:
     async def end_job(
         self, job_id: str, state: JobState, error: str, unless_progress_since: float | None = None
     ) -> int:
-        bound = "" if unless_progress_since is None else f"{unless_progress_since:.6f}"
-        script_keys = [
-            keys.job_key(job_id),
-            keys.running_jobs_key(),
-            keys.job_payloads_key(job_id),
-            keys.job_leases_key(job_id),
-            keys.job_orphans_key(job_id),
-        ]
-        return int(
-            await self._end(
-                keys=script_keys, args=[state.value, error, keys.job_channel(job_id), job_id, bound]
-            )
-        )
+        script_keys, args = end_job_call(job_id, state, error, unless_progress_since)
+        return int(await self._end(keys=script_keys, args=args))
 
     async def server_time(self) -> float:
         seconds, micros = await self.redis.time()

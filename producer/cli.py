@@ -64,11 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--out", type=Path, required=True)
     cancel = commands.add_parser("cancel", help="end a job now; its queued chunks are skipped")
     cancel.add_argument("job_id")
+    serve = commands.add_parser("serve", help="the HTTP gateway (OpenAI's embeddings API, jobs, metrics)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
     handlers: dict[str, Callable[[EmbeddingClient, argparse.Namespace], int]] = {
         "submit": run_submit,
         "status": run_status,
@@ -85,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = FleetSettings()
         print(f"error: Redis at {mask_url(settings.cache_url)} failed: {explain(exc)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn  # the gateway extra; a producer that never serves needs none of it
+
+    uvicorn.run("producer.gateway:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+    return EXIT_OK
 
 
 def run_submit(client: EmbeddingClient, args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from contract.celery_config import EMBED_TASK
 from contract.fleet_registry import FleetRegistry, NodeAdvert
 from contract.jobs import ChunkRef
 from contract.ledger import JobLedger, failed_outcome
-from contract.manifest import Manifest
+from contract.manifest import TOKENIZER_FILE, Manifest
 from contract.redis_connection import connect
 from contract.settings import FleetSettings
 from worker.gathering import carried_by
@@ -41,6 +41,7 @@ class WorkerNode:
     app: Celery
     advert: NodeAdvert = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _tokenizer_published: bool = False
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
@@ -50,6 +51,8 @@ class WorkerNode:
             fingerprint=self.fingerprint,
             artifact=self.manifest.fingerprint,
             dims=self.manifest.dims,
+            name=self.manifest.name,
+            max_tokens=self.manifest.max_seq_length,
             processes=self.settings.processes(),
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -118,6 +121,10 @@ class WorkerNode:
 
     def _beat(self) -> None:
         try:
+            if not self._tokenizer_published:
+                tokenizer = (self.settings.model_dir / TOKENIZER_FILE).read_bytes()
+                self.registry.publish_tokenizer(self.advert.artifact, tokenizer, self.settings.job_ttl_s)
+                self._tokenizer_published = True
             self.registry.beat(self.advert)
         except redis.RedisError as exc:
             log.warning("heartbeat of %s failed (retrying): %s", self.name, exc)

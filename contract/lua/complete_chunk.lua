@@ -2,6 +2,7 @@
 -- chunk ends the job. Counting also drops the chunk's payload, lease and orphan mark.
 -- KEYS[1] job record hash   KEYS[2] counted chunks set   KEYS[3] payloads hash   KEYS[4] leases hash
 -- KEYS[5] orphans hash      KEYS[6] failed positions     KEYS[7] running jobs sorted set
+-- KEYS[8] jobs ended by state (hash)
 -- ARGV[1] chunk number      ARGV[2] positions done   ARGV[3] positions failed   ARGV[4] truncated positions
 -- ARGV[5] error text ("" when nothing failed)   ARGV[6] failed positions, packed uint32
 -- ARGV[7] progress channel  ARGV[8] job id
@@ -45,6 +46,7 @@ if job[1] == 'queued' and counted >= tonumber(job[2]) then
   end
   redis.call('HSET', KEYS[1], 'state', state, 'finished', stamp)
   redis.call('ZREM', KEYS[7], ARGV[8])
+  redis.call('HINCRBY', KEYS[8], state, 1)
   redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 end
 redis.call('PUBLISH', ARGV[7], counted)

@@ -1,7 +1,7 @@
 -- End an unfinished job at once: cancelled by its caller, or stalled with no live worker for its build.
 -- Queued chunks of an ended job are skipped when a worker claims them.
 -- KEYS[1] job record hash   KEYS[2] running jobs sorted set   KEYS[3] payloads hash
--- KEYS[4] leases hash       KEYS[5] orphans hash
+-- KEYS[4] leases hash       KEYS[5] orphans hash         KEYS[6] jobs ended by state (hash)
 -- ARGV[1] final state ("failed" | "cancelled")   ARGV[2] error text   ARGV[3] progress channel
 -- ARGV[4] job id            ARGV[5] only if no progress since this server time ("" = always)
 -- Returns 1 when ended, 0 when it had already ended (or progressed since ARGV[5]), -1 when gone.
@@ -21,5 +21,6 @@ local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'error', ARGV[2], 'finished', stamp)
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('HINCRBY', KEYS[6], ARGV[1], 1)
 redis.call('PUBLISH', ARGV[3], job[3])
 return 1
