@@ -10,7 +10,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 export EMBED_MODEL_DIR ?= $(abspath $(ARTIFACT))
 
-.PHONY: install artifact lint test test-unit drills demo bench clean
+.PHONY: install artifact lint browser test test-unit drills demo bench clean
 
 install: $(VENV)/.installed
 
@@ -29,7 +29,11 @@ lint: install
 	$(VENV)/bin/ruff check $(PACKAGES) tests bench
 	$(VENV)/bin/mypy
 
-test: install artifact lint
+# Debian's chromium and chromedriver, for the Flower browser test (installed once, with apt).
+browser:
+	localfleet/install-chromium.sh
+
+test: install artifact lint browser
 	$(PY) -m pytest -q -ra -m "not drill"
 
 # Fault drills on real processes (about 10 minutes); .ci/run runs them after `make test`.

@@ -100,7 +100,12 @@ class SentenceEncoder:
         return cls(*parts, normalize)
 
     def warm_up(self) -> None:
+        """Run a small batch, then the largest one the batcher can form (token budget of full-length
+        texts): ORT's arena grows to its peak now, not hours into a run when a rare shape arrives."""
         self.embed(list(WARMUP_TEXTS))
+        longest = self.tokenizer.max_seq_length
+        rows = min(self.batcher.max_batch_size, max(1, self.batcher.token_budget // longest))
+        self.embed([" ".join(["warm"] * longest)] * rows)
 
     def embed(self, texts: Sequence[str]) -> EmbedResult:
         vectors = np.zeros((len(texts), self.dims), dtype=np.float32)

@@ -61,8 +61,8 @@ JOB_TIMEOUT_S = 300.0
 TASK_ROWS = 10  # of the 15 the Tasks page shows at once
 # Flower's default hides the kwargs (the kwargsrepr naming job and chunk); the task's own page shows all.
 TASKS_COLUMNS = "name,uuid,state,kwargs,received,runtime"
-# The screenshot: a 1280x800 image of a 1600x1000 layout, wide enough for the columns above.
-SCREEN = {"width": 1600, "height": 1000, "deviceScaleFactor": 0.8, "mobile": False}
+# The screenshot: a 1280x800 image of a 1680x1050 layout, wide enough for the columns above.
+SCREEN = {"width": 1680, "height": 1050, "deviceScaleFactor": 1280 / 1680, "mobile": False}
 
 
 @dataclass
