@@ -8,6 +8,8 @@ interactive first, and advertises the build while its consumer runs (worker.node
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from typing import Any, ClassVar
 
 from celery import bootsteps
@@ -24,8 +26,16 @@ from worker.node import WorkerNode, current_node, open_node
 log = logging.getLogger(__name__)
 
 EXIT_NO_ARTIFACT = 3
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 settings = get_settings()
+if settings.metrics_port:  # pool processes count into files that the main process adds up
+    os.environ.setdefault(METRICS_DIR_ENV, tempfile.mkdtemp(prefix="embedfleet-metrics-"))
+    from prometheus_client import values
+
+    # prometheus_client picks its value class when first imported, which Flower's `celery` CLI plugin
+    # may have done before this module ran; pick again now that the directory is set.
+    values.ValueClass = values.get_value_class()
 app = make_celery(settings, main="worker")
 app.conf.include = ["worker.tasks"]
 
@@ -54,6 +64,7 @@ class FleetMembership(bootsteps.StartStopStep):
         node = current_node()
         if node:
             node.start()
+            node.serve_metrics()
 
     def stop(self, parent: Any) -> None:
         node = current_node()

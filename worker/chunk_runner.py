@@ -23,6 +23,7 @@ from contract import keys
 from contract.digest import DIGEST_BYTES, digest_for
 from contract.jobs import ChunkPayload, ChunkRef, describe_positions, pack_positions
 from contract.ledger import ChunkOutcome, Claim, ClaimStatus, failed_outcome
+from worker import metrics
 from worker.payload_check import PayloadRejected, check_positions, mismatched_positions, parse_payload
 from worker.runtime import ProcessRuntime
 
@@ -104,6 +105,18 @@ class ChunkRunner:
 
     def run(self, ref: ChunkRef, carried: Sequence[ChunkRef] = ()) -> str:
         """Run the task's chunk and the chunks it carried; raise only for the task's own chunk."""
+        with metrics.CHUNK_SECONDS.time():
+            report, own_failure = self._run(ref, carried)
+        metrics.CHUNKS.labels("skipped").inc(len(report.skipped))
+        metrics.CHUNKS.labels("failed").inc(report.failed)
+        metrics.CHUNKS.labels("done").inc(report.chunks - report.failed - len(report.skipped))
+        metrics.TEXTS.labels("embedded").inc(report.embedded)
+        metrics.TEXTS.labels("cached").inc(report.cached)
+        if own_failure:
+            raise ChunkFailedError(own_failure)
+        return str(report)
+
+    def _run(self, ref: ChunkRef, carried: Sequence[ChunkRef]) -> tuple[BatchReport, str]:
         refs = [ref, *carried]
         claims = self.runtime.ledger.claim_many(refs, self.node, self.runtime.settings.lease_s())
         report = BatchReport(chunks=len(refs))
@@ -116,9 +129,7 @@ class ChunkRunner:
         self._run_together([c for c in ready if not c.failures], ref, report)
         for chunk in (c for c in ready if c.failures):
             self._run_apart(chunk, report)
-        if outcome.own_failure:
-            raise ChunkFailedError(outcome.own_failure)
-        return str(report)
+        return report, outcome.own_failure
 
     def _prepare(self, ref: ChunkRef, claim: Claim, report: BatchReport) -> ReadyChunk | None:
         """A chunk to run, None to skip, or _GaveUp once it is counted failed for good."""
@@ -196,6 +207,7 @@ class ChunkRunner:
         missing = [digest for digest in texts if digest not in truncated]
         pipe = self.runtime.redis.pipeline(transaction=False)
         if missing:
+            metrics.BATCH_TEXTS.observe(len(missing))
             result = engine.embed([texts[digest] for digest in missing])
             cache.queue_write(pipe, engine.fingerprint, missing, result.vectors, result.truncated)
             truncated.update(zip(missing, result.truncated, strict=True))

@@ -42,6 +42,7 @@ class WorkerNode:
     advert: NodeAdvert = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
     _tokenizer_published: bool = False
+    _metrics_served: bool = False
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
@@ -70,6 +71,15 @@ class WorkerNode:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="embedfleet-node", daemon=True)
         self._thread.start()
+
+    def serve_metrics(self) -> None:
+        """Once per process, where EMBED_METRICS_PORT asks for it (a consumer restart starts us again)."""
+        if self.settings.metrics_port and not self._metrics_served:
+            from worker.metrics import serve  # only now: prometheus_client must see PROMETHEUS_MULTIPROC_DIR
+
+            serve(self.settings)
+            self._metrics_served = True
+            log.info("metrics on port %d", self.settings.metrics_port)
 
     def stop(self) -> None:
         self._stop.set()
