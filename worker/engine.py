@@ -27,6 +27,7 @@ OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
 WARMUP_TEXTS = ("warm up the session", "a slightly longer sentence to warm up a second shape")
+WARMUP_SHORTEST_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,14 @@ class SentenceEncoder:
         return cls(*parts, normalize)
 
     def warm_up(self) -> None:
-        """Run a small batch, then the largest one the batcher can form (token budget of full-length
-        texts): ORT's arena grows to its peak now, not hours into a run when a rare shape arrives."""
+        """Run a small batch, then full batches at every power-of-two length up to the model's limit:
+        ORT's arena grows to its working size now, not an hour into a run as rare shapes arrive."""
         self.embed(list(WARMUP_TEXTS))
-        longest = self.tokenizer.max_seq_length
-        rows = min(self.batcher.max_batch_size, max(1, self.batcher.token_budget // longest))
-        self.embed([" ".join(["warm"] * longest)] * rows)
+        length = self.tokenizer.max_seq_length
+        while length >= WARMUP_SHORTEST_TOKENS:
+            rows = min(self.batcher.max_batch_size, max(1, self.batcher.token_budget // length))
+            self.embed([" ".join(["warm"] * (length - 2))] * rows)  # [CLS] and [SEP] make up the length
+            length //= 2
 
     def embed(self, texts: Sequence[str]) -> EmbedResult:
         vectors = np.zeros((len(texts), self.dims), dtype=np.float32)
