@@ -12,6 +12,7 @@ Every text is new (nothing is served from the cache).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import tempfile
@@ -71,15 +72,24 @@ class TextSource:
 
 
 def run_clients(
-    fleet: LocalFleet, source: TextSource, clients: int, seconds: float, sizes: tuple[int, ...]
+    fleet: LocalFleet,
+    source: TextSource,
+    clients: int,
+    seconds: float,
+    sizes: tuple[int, ...],
+    shared: bool = False,
 ) -> Phase:
-    phase = Phase(f"{clients} clients, jobs of {'/'.join(map(str, sizes))} texts", seconds)
+    """`clients` threads sending jobs back to back: each with its own EmbeddingClient (every call its
+    own job), or all sharing one (a web app's request threads: concurrent embed() calls share jobs)."""
+    kind = "threads sharing one client" if shared else "clients"
+    phase = Phase(f"{clients} {kind}, jobs of {'/'.join(map(str, sizes))} texts", seconds)
+    common = fleet.client() if shared else None
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
     def client_loop(index: int) -> None:
         sizes_cycle = itertools.cycle(sizes[index % len(sizes) :] + sizes[: index % len(sizes)])
-        with fleet.client() as client:
+        with contextlib.nullcontext(common) if common else fleet.client() as client:
             while time.perf_counter() < stop:
                 texts = source.take(next(sizes_cycle))
                 started = time.perf_counter()
@@ -97,6 +107,8 @@ def run_clients(
     for thread in threads:
         thread.join()
     phase.seconds = time.perf_counter() - started
+    if common is not None:
+        common.close()
     return phase
 
 
@@ -177,6 +189,7 @@ def measure(args: argparse.Namespace, workdir: Path, source: TextSource) -> list
         for clients in args.clients:
             phases.append(run_clients(fleet, source, clients, args.seconds, (1,)))
         phases.append(run_clients(fleet, source, max(args.clients), args.seconds, MIX))
+        phases.append(run_clients(fleet, source, max(args.clients), args.seconds, (1,), shared=True))
         phases.append(behind_backlog(client, source, 10_000))
         phases.extend(beside_bulk(fleet, client, source, source.take(args.bulk_n)))
     return phases

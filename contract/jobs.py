@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from functools import cache
 
@@ -91,12 +91,20 @@ class ChunkPayload(BaseModel):
         return sorted(position for places in self.positions for position in places)
 
 
+TEXTS_HEADER = "embedfleet_texts"
+
+
 @dataclass(frozen=True)
 class ChunkRef:
-    """What a Celery message carries: which chunk of which job, nothing a reader could misuse."""
+    """What a Celery message carries: which chunk of which job, nothing a reader could misuse.
+
+    `texts` (how many texts the chunk holds; 0 where unknown) also travels as a message header, so
+    a worker can tell small waiting chunks from big ones without fetching their payloads.
+    """
 
     job_id: str
     chunk: int
+    texts: int = field(default=0, compare=False)
 
     @property
     def task_id(self) -> str:
@@ -104,14 +112,15 @@ class ChunkRef:
         return f"{self.job_id}.{self.chunk}"
 
     def to_kwargs(self) -> dict[str, object]:
-        return {"job_id": self.job_id, "chunk": self.chunk}
+        return {"job_id": self.job_id, "chunk": self.chunk, "texts": self.texts}
 
-    def send_options(self) -> dict[str, str]:
-        """Celery `send_task` options: the stable task id, and the summary monitoring shows."""
+    def send_options(self) -> dict[str, object]:
+        """Celery `send_task` options: the stable task id, the summary monitoring shows, the size header."""
         return {
             "task_id": self.task_id,
             "argsrepr": "()",
             "kwargsrepr": f"job {self.job_id} chunk {self.chunk}",
+            "headers": {TEXTS_HEADER: self.texts},
         }
 
     @classmethod
@@ -122,20 +131,36 @@ class ChunkRef:
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, object]) -> ChunkRef:
-        job_id, chunk = kwargs.get("job_id"), kwargs.get("chunk")
-        if not isinstance(job_id, str) or not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+        job_id, chunk, texts = kwargs.get("job_id"), kwargs.get("chunk"), kwargs.get("texts", 0)
+        if not isinstance(job_id, str) or not _count(chunk) or not _count(texts):
             raise ValueError(f"not a chunk reference: job_id={job_id!r:.40}, chunk={chunk!r:.20}")
-        return cls(job_id, chunk)
+        return cls(job_id, int(chunk), int(texts))  # type: ignore[call-overload]
 
 
-def task_id_of(raw_message: bytes | str) -> str:
-    """The task id in a raw Celery message as kombu keeps it in a Redis list ("" if unreadable)."""
+def headers_of(raw_message: bytes | str) -> dict[str, object]:
+    """The headers of a raw Celery message as kombu keeps it in a Redis list ({} if unreadable)."""
     try:
         message = json.loads(raw_message)
     except ValueError:
-        return ""
+        return {}
     headers = message.get("headers") if isinstance(message, dict) else None
-    return str(headers.get("id", "")) if isinstance(headers, dict) else ""
+    return headers if isinstance(headers, dict) else {}
+
+
+def task_id_of(raw_message: bytes | str) -> str:
+    return str(headers_of(raw_message).get("id", ""))
+
+
+def ref_of(raw_message: bytes | str) -> ChunkRef | None:
+    """The chunk a raw message names, with its size header (0 where missing), or None."""
+    headers = headers_of(raw_message)
+    ref = ChunkRef.from_task_id(str(headers.get("id", "")))
+    texts = headers.get(TEXTS_HEADER, 0)
+    return ChunkRef(ref.job_id, ref.chunk, texts if _count(texts) else 0) if ref else None  # type: ignore[arg-type]
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def pack_digests(digests: list[str]) -> bytes:

@@ -47,8 +47,8 @@ class FleetSettings(BaseSettings):
     interactive_max_texts: int = Field(
         64, ge=0, description="jobs with at most this many texts to embed ride the interactive lane"
     )
-    gather_max_chunks: int = Field(
-        32, ge=0, description="waiting interactive chunks a worker process runs with its own (0 = none)"
+    gather_max_texts: int = Field(
+        64, ge=0, description="texts of waiting small chunks a worker process runs with its own (0 = none)"
     )
     coalesce_max_texts: int = Field(
         64, ge=0, description="texts of concurrent embed() calls one client sends as one job (0 = never)"

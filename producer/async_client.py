@@ -17,11 +17,11 @@ import redis
 import redis.asyncio as aioredis
 
 from contract import keys
-from contract.celery_config import EMBED_TASK, make_celery
+from contract.celery_config import make_celery
 from contract.codec import Matrix, encode_vector
 from contract.fleet_registry import BuildAdvert, live_builds_call, parse_live_builds
-from contract.jobs import ChunkRef, JobRecord, JobState, unpack_digests, unpack_positions
-from contract.lanes import Lane, queue_name
+from contract.jobs import JobRecord, JobState, unpack_digests, unpack_positions
+from contract.lanes import Lane
 from contract.ledger import end_job_call
 from contract.lua_scripts import load_lua
 from contract.redis_connection import as_bytes, async_connect, explain, mask_url
@@ -41,7 +41,16 @@ from producer.job_rules import (
     stall_error,
 )
 from producer.planning import clip_texts, plan_job, validate_texts
-from producer.submission import choose_build, prepare_job, publish_failed, queue_store, queue_withdraw
+from producer.submission import (
+    PreparedJob,
+    PublishFailed,
+    choose_build,
+    prepare_job,
+    publish_chunks,
+    publish_failed,
+    queue_store,
+    queue_withdraw,
+)
 
 CALL_RETRY_S = 1.0
 OUTAGE_BACKOFF_S = 0.5
@@ -89,7 +98,7 @@ class AsyncEmbeddingClient:
         pipe = self.redis.pipeline(transaction=True)
         queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
         await pipe.execute()
-        await self._publish(job.record)
+        await self._publish(job)
         return AsyncJob(self, job.record.id, texts=texts, priority=priority, digests=plan.digests)
 
     async def job(self, job_id: str) -> AsyncJob:
@@ -142,31 +151,15 @@ class AsyncEmbeddingClient:
         self._builds = (time.monotonic() + self.settings.heartbeat_interval_s, builds)
         return builds
 
-    async def _publish(self, record: JobRecord) -> None:
+    async def _publish(self, job: PreparedJob) -> None:
         try:
-            await asyncio.to_thread(self._send_all, record)
-        except _PublishError as failure:
+            await asyncio.to_thread(publish_chunks, self.celery, job)
+        except PublishFailed as failure:
             pipe = self.redis.pipeline(transaction=True)
-            queue_withdraw(cast(Any, pipe), record.id)
+            queue_withdraw(cast(Any, pipe), job.record.id)
             with contextlib.suppress(redis.RedisError):  # what is left, the reconciler finishes
                 await pipe.execute()
-            raise publish_failed(self.settings, record, failure.sent, failure.cause) from failure.cause
-
-    def _send_all(self, record: JobRecord) -> None:
-        queue = queue_name(record.model, record.fingerprint, record.lane)
-        for chunk in range(record.chunks):
-            ref = ChunkRef(record.id, chunk)
-            try:
-                self.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
-            except Exception as exc:
-                raise _PublishError(chunk, exc) from exc
-
-
-class _PublishError(Exception):
-    def __init__(self, sent: int, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.sent = sent
-        self.cause = cause
+            raise publish_failed(self.settings, job.record, failure.sent, failure.cause) from failure.cause
 
 
 class AsyncJob:

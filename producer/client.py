@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import redis
 
-from contract.celery_config import EMBED_TASK, make_celery
+from contract.celery_config import make_celery
 from contract.codec import Matrix
 from contract.fleet_registry import BuildAdvert, FleetRegistry
-from contract.jobs import ChunkRef, JobRecord
-from contract.lanes import Lane, queue_name
+from contract.jobs import JobRecord
+from contract.lanes import Lane
 from contract.ledger import JobLedger
 from contract.redis_connection import connect, explain, mask_url
 from contract.settings import FleetSettings
@@ -23,7 +23,16 @@ from producer.coalescing import EmbedCoalescer
 from producer.errors import RedisUnavailableError
 from producer.job import Job
 from producer.planning import clip_texts, plan_job, validate_texts
-from producer.submission import choose_build, prepare_job, publish_failed, queue_store, queue_withdraw
+from producer.submission import (
+    PreparedJob,
+    PublishFailed,
+    choose_build,
+    prepare_job,
+    publish_chunks,
+    publish_failed,
+    queue_store,
+    queue_withdraw,
+)
 
 # A blip (a failover, a dropped connection) is retried this long inside one call; wait() rides out
 # longer outages itself (EMBED_REDIS_OUTAGE_S), and submit() fails fast so a request never hangs.
@@ -98,7 +107,7 @@ class EmbeddingClient:
         pipe = self.redis.pipeline(transaction=True)
         queue_store(pipe, job, self.settings.job_ttl_s)
         pipe.execute()
-        self._publish(job.record)
+        self._publish(job)
         return Job(self, job.record.id, texts=texts, priority=priority, digests=plan.digests)
 
     def job(self, job_id: str) -> Job:
@@ -144,20 +153,13 @@ class EmbeddingClient:
         self._builds = (time.monotonic() + self.settings.heartbeat_interval_s, builds)
         return builds
 
-    def _publish(self, record: JobRecord) -> None:
+    def _publish(self, job: PreparedJob) -> None:
         """Send one message per chunk; a publish that fails withdraws the job, so none is left orphaned."""
-        if not record.chunks:
-            return
-        queue = queue_name(record.model, record.fingerprint, record.lane)
-        sent = 0
         try:
-            for chunk in range(record.chunks):
-                ref = ChunkRef(record.id, chunk)
-                self.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
-                sent += 1
-        except Exception as exc:
-            self._withdraw(record.id)
-            raise publish_failed(self.settings, record, sent, exc) from exc
+            publish_chunks(self.celery, job)
+        except PublishFailed as failure:
+            self._withdraw(job.record.id)
+            raise publish_failed(self.settings, job.record, failure.sent, failure.cause) from failure.cause
 
     def _withdraw(self, job_id: str) -> None:
         with contextlib.suppress(redis.RedisError):

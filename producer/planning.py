@@ -73,22 +73,23 @@ def clip_texts(texts: list[str], max_chars: int) -> list[str]:
     return [text if len(text) <= max_chars else text[:max_chars] for text in texts]
 
 
-def chunk_payloads(plan: JobPlan, members: list[int], size: int, max_bytes: int) -> list[str]:
-    """Chunk payloads (JSON) of the given distinct texts: `size` texts each at most, split in halves
-    where one would be over `max_bytes`; a single text over it refuses the job."""
-    payloads: list[str] = []
+def chunk_payloads(plan: JobPlan, members: list[int], size: int, max_bytes: int) -> list[tuple[str, int]]:
+    """Chunk payloads (JSON) of the given distinct texts, with how many texts each holds: `size` texts
+    each at most, split in halves where one would be over `max_bytes`; a single text over it refuses
+    the job."""
+    payloads: list[tuple[str, int]] = []
     for span in chunk_ranges(len(members), size):
         payloads.extend(_fitting(plan, [members[i] for i in span], max_bytes))
     return payloads
 
 
-def _fitting(plan: JobPlan, members: list[int], max_bytes: int) -> list[str]:
+def _fitting(plan: JobPlan, members: list[int], max_bytes: int) -> list[tuple[str, int]]:
     payload = ChunkPayload(
         texts=[plan.unique_texts[i] for i in members], positions=[plan.positions[i] for i in members]
     ).model_dump_json()
     size = len(payload.encode())
     if size <= max_bytes:
-        return [payload]
+        return [(payload, len(members))]
     if len(members) == 1:
         position = plan.positions[members[0]][0]
         raise JobTooLargeError(

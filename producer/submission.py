@@ -12,12 +12,14 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from celery import Celery
 from redis.client import Pipeline
 
 from contract import keys
+from contract.celery_config import EMBED_TASK
 from contract.fleet_registry import BuildAdvert
-from contract.jobs import JobRecord, JobState, pack_digests
-from contract.lanes import Lane, lane_for
+from contract.jobs import ChunkRef, JobRecord, JobState, pack_digests
+from contract.lanes import Lane, lane_for, queue_name
 from contract.redis_connection import mask_url
 from contract.settings import FleetSettings
 from producer.errors import FleetUnavailableError
@@ -29,6 +31,10 @@ class PreparedJob:
     record: JobRecord
     plan: JobPlan
     payloads: list[str]
+    sizes: list[int]  # texts per chunk, for the messages' size header
+
+    def refs(self) -> list[ChunkRef]:
+        return [ChunkRef(self.record.id, chunk, texts) for chunk, texts in enumerate(self.sizes)]
 
 
 def pick_build(live: list[BuildAdvert]) -> BuildAdvert:
@@ -72,7 +78,8 @@ def prepare_job(
     # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
     misses = sorted((i for i, hit in enumerate(hits) if not hit), key=lambda i: len(plan.unique_texts[i]))
     lane = lane_for(len(misses), settings.interactive_max_texts, Lane(priority) if priority else None)
-    payloads = chunk_payloads(plan, misses, settings.chunk_size, settings.max_payload_bytes)
+    chunks = chunk_payloads(plan, misses, settings.chunk_size, settings.max_payload_bytes)
+    payloads, sizes = [payload for payload, _ in chunks], [texts for _, texts in chunks]
     now = time.time()
     record = JobRecord(
         id=uuid.uuid4().hex,
@@ -91,7 +98,7 @@ def prepare_job(
     )
     if not payloads:
         record.state, record.finished = JobState.DONE, now
-    return PreparedJob(record, plan, payloads)
+    return PreparedJob(record, plan, payloads, sizes)
 
 
 def queue_store(pipe: Pipeline, job: PreparedJob, ttl_s: int) -> None:
@@ -110,6 +117,26 @@ def queue_withdraw(pipe: Pipeline, job_id: str) -> None:
     """Undo a submit whose publishing failed (best effort: the reconciler finishes what is left)."""
     pipe.delete(*keys.job_keys(job_id))
     pipe.zrem(keys.running_jobs_key(), job_id)
+
+
+class PublishFailed(Exception):
+    """Publishing stopped after `sent` chunks; the caller withdraws the job and says so."""
+
+    def __init__(self, sent: int, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.sent = sent
+        self.cause = cause
+
+
+def publish_chunks(celery: Celery, job: PreparedJob) -> None:
+    """One message per chunk, to its build's lane queue (blocking: kombu's publish is synchronous)."""
+    record = job.record
+    queue = queue_name(record.model, record.fingerprint, record.lane)
+    for sent, ref in enumerate(job.refs()):
+        try:
+            celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
+        except Exception as exc:
+            raise PublishFailed(sent, exc) from exc
 
 
 def publish_failed(

@@ -1,9 +1,12 @@
 """Carrying waiting interactive chunks along: one engine run for many small requests.
 
 Celery hands a pool process one message at a time, and a 1-text chunk alone wastes most of an
-engine run. So a task on the interactive lane also takes up to EMBED_GATHER_MAX_CHUNKS messages
-waiting on the same queue straight off the broker's list (one RPOP, oldest first), and the runner
-embeds all their chunks together (docs/benchmarks.md compares this with the alternatives).
+engine run. So a small task on the interactive lane also takes the small chunks waiting behind it
+on the same queue, straight off the broker's list (one RPOP, oldest first), up to
+EMBED_GATHER_MAX_TEXTS texts in all, and the runner embeds them together (docs/benchmarks.md
+compares this with the alternatives). Each message's size header says how many texts it holds;
+the first that would not fit goes back with those after it, in order, so a big interactive job
+still spreads over every process.
 
 Carried messages leave the broker at once, so no ack is owed for them; the job protocol protects
 them instead. The runner claims each one (a lease), checks and counts each one, and while they
@@ -16,38 +19,45 @@ again, as it does for any chunk a dead node held.
 from __future__ import annotations
 
 import json
-import logging
 from typing import cast
 
 import redis
 
 from contract import keys
-from contract.jobs import ChunkRef, task_id_of
-
-log = logging.getLogger(__name__)
-
+from contract.jobs import ChunkRef, ref_of
 
 class QueueGatherer:
-    def __init__(self, broker: redis.Redis | None, cache: redis.Redis, limit: int, note_ttl_s: float) -> None:
+    def __init__(
+        self, broker: redis.Redis | None, cache: redis.Redis, max_texts: int, note_ttl_s: float
+    ) -> None:
         self.broker = broker
         self.cache = cache
-        self.limit = limit
+        self.max_texts = max_texts
         self.note_ttl_s = note_ttl_s
 
-    def take(self, queue: str) -> list[ChunkRef]:
-        """Up to `limit` waiting chunks of `queue`, removed from it; none where the broker is not Redis."""
-        if self.broker is None or self.limit <= 0:
+    def take(self, queue: str, own_texts: int) -> list[ChunkRef]:
+        """Waiting small chunks of `queue` that fit beside a chunk of `own_texts` texts, removed from it.
+
+        None where the broker is not Redis, or where the task's own chunk is not small (its size
+        unknown, or already the whole budget).
+        """
+        budget = self.max_texts - own_texts
+        if self.broker is None or own_texts <= 0 or budget <= 0:
             return []
-        raws = cast(list[bytes], self.broker.rpop(queue, self.limit) or [])
-        refs: list[ChunkRef] = []
-        for raw in raws:
-            ref = ChunkRef.from_task_id(task_id_of(raw))
-            if ref is None:
-                log.warning("put back a message on %s that names no chunk", queue)
-                self.broker.rpush(queue, raw)
-            else:
-                refs.append(ref)
-        return refs
+        raws = cast(list[bytes], self.broker.rpop(queue, budget) or [])
+        taken: list[ChunkRef] = []
+        for index, raw in enumerate(raws):
+            ref = ref_of(raw)
+            if ref is None or not 0 < ref.texts <= budget:
+                self._put_back(queue, raws[index:])
+                break
+            taken.append(ref)
+            budget -= ref.texts
+        return taken
+
+    def _put_back(self, queue: str, raws: list[bytes]) -> None:
+        """Back where they were: the oldest ends up where the consumers pop first."""
+        self.broker.rpush(queue, *reversed(raws))  # type: ignore[union-attr]
 
     def note(self, carrier_task_id: str, queue: str, carried: list[ChunkRef]) -> None:
         record = {"queue": queue, "chunks": [[ref.job_id, ref.chunk] for ref in carried]}

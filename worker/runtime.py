@@ -55,7 +55,7 @@ def open_runtime(settings: FleetSettings | None = None) -> ProcessRuntime:
             client,
             VectorCache(client, settings.cache_ttl_s, settings.fetch_batch_size),
             JobLedger(client),
-            QueueGatherer(broker, client, settings.gather_max_chunks, settings.lease_s()),
+            QueueGatherer(broker, client, settings.gather_max_texts, settings.lease_s()),
         )
         log.info(
             "engine ready: %s (%s), %d intra-op threads",

@@ -34,7 +34,7 @@ def embed_chunk(self: Task, **fields: object) -> str:
         return "refused: names no chunk"
     runtime = open_runtime()
     queue = str((self.request.delivery_info or {}).get("routing_key") or "")
-    carried = runtime.gatherer.take(queue) if lane_of(queue) is Lane.INTERACTIVE else []
+    carried = runtime.gatherer.take(queue, ref.texts) if lane_of(queue) is Lane.INTERACTIVE else []
     if carried:
         runtime.gatherer.note(self.request.id, queue, carried)
 
