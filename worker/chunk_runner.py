@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import redis
 
@@ -25,7 +25,9 @@ from contract.jobs import ChunkPayload, ChunkRef, describe_positions, pack_posit
 from contract.ledger import ChunkOutcome, Claim, ClaimStatus, failed_outcome
 from worker import metrics
 from worker.payload_check import PayloadRejected, check_positions, mismatched_positions, parse_payload
-from worker.runtime import ProcessRuntime
+
+if TYPE_CHECKING:  # Flower imports the task module without the model runtime
+    from worker.runtime import ProcessRuntime
 
 
 def chunk_outcome(payload: ChunkPayload, truncated: list[bool], failed: dict[int, str]) -> ChunkOutcome:

@@ -26,6 +26,7 @@ import redis
 from contract import keys
 from contract.jobs import ChunkRef, ref_of
 
+
 class QueueGatherer:
     def __init__(
         self, broker: redis.Redis | None, cache: redis.Redis, max_texts: int, note_ttl_s: float

@@ -20,7 +20,6 @@ from contract.jobs import ChunkRef
 from contract.lanes import Lane, lane_of
 from worker.app import app
 from worker.chunk_runner import ChunkRunner, RetryableChunkError
-from worker.runtime import open_runtime
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,8 @@ def embed_chunk(self: Task, **fields: object) -> str:
     except ValueError as exc:
         log.error("dropped a message that names no chunk: %s", exc)
         return "refused: names no chunk"
+    from worker.runtime import open_runtime  # not at import: Flower loads this module without ONNX Runtime
+
     runtime = open_runtime()
     queue = str((self.request.delivery_info or {}).get("routing_key") or "")
     carried = runtime.gatherer.take(queue, ref.texts) if lane_of(queue) is Lane.INTERACTIVE else []
@@ -63,6 +64,8 @@ def embed_chunk(self: Task, **fields: object) -> str:
 
 def _retry(task: Task, exc: Exception) -> Exception:
     """Celery's retry, but a retry that cannot be published requeues the message instead of dropping it."""
+    from worker.runtime import open_runtime
+
     try:
         return task.retry(exc=exc, countdown=open_runtime().settings.retry_delay_s, throw=False)
     except Retry as retry:
