@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fleet.py [--n 10000] [--markdown docs/fleet-bench.md]
     .venv/bin/python bench/fleet.py --chunk-sizes 64 256 256 256 256 256   # RSS over six cold jobs
+    .venv/bin/python bench/fleet.py --paired 5   # the fleet vs the same layout in-process, alternately
 
 All variants run in one sitting on the same sentences (STS-B train + dev, unique), so the
 figures compare as ratios on this noisy shared machine. The fleet is real: a private
@@ -158,6 +159,32 @@ def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdi
     return rows
 
 
+def paired_rounds(texts: list[str], model_dir: Path, rounds: int, workdir: Path) -> list[tuple[Row, Row]]:
+    """The fleet and the same layout in-process, alternately, round after round: on this shared host
+    speed drifts by 20-40 % over minutes, so only ratios taken side by side mean anything."""
+    pairs: list[tuple[Row, Row]] = []
+    with ExitStack() as stack:
+        server = start_redis(workdir)
+        stack.callback(server.stop)
+        settings, env = fleet_env(
+            {
+                "EMBED_BROKER_URL": server.url,
+                "EMBED_MODEL_DIR": str(model_dir),
+                "EMBED_WORKER_CONCURRENCY": str(PROCESSES),
+                "EMBED_INTRA_OP_THREADS": "1",
+            }
+        )
+        fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
+        fleet.start()
+        client = stack.enter_context(fleet.client())
+        for _ in range(rounds):
+            split = split_engine_row(texts, model_dir)
+            drop_vectors(fleet, client.build().fingerprint)
+            cold = timed(lambda: client.submit(texts, priority="bulk").wait())
+            pairs.append((split, Row(f"fleet, {PROCESSES} processes x 1 thread, bulk", cold, len(texts))))
+    return pairs
+
+
 def render(rows: list[Row], baseline: Row, engine: Row) -> str:
     lines = [
         "| variant | texts | seconds | texts/s | vs PyTorch | vs in-process engine, same layout |",
@@ -187,9 +214,23 @@ def main() -> None:
     )
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--paired", type=int, default=0, help="only: fleet vs in-process, this many rounds")
     args = parser.parse_args()
     texts = bench_sentences(args.n)
     model_dir = args.model_dir.resolve()
+    if args.paired:
+        with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as workdir:
+            pairs = paired_rounds(texts, model_dir, args.paired, Path(workdir))
+        print(f"CPU: {cpu_model()}; {args.n:,} texts, one bulk job a round\n")
+        print("| round | in-process, 2 processes x 1 thread | fleet | fleet / in-process |")
+        print("|---:|---:|---:|---:|")
+        for number, (split, fleet) in enumerate(pairs, start=1):
+            print(
+                f"| {number} | {split.rate:,.0f}/s | {fleet.rate:,.0f}/s | {fleet.rate / split.rate:.2f}x |"
+            )
+        ratios = sorted(fleet.rate / split.rate for split, fleet in pairs)
+        print(f"\nmedian ratio {ratios[len(ratios) // 2]:.2f}x")
+        return
     with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as workdir:
         fleet = fleet_rows(texts, model_dir, args.chunk_sizes, Path(workdir))
     engine = engine_row(texts, model_dir)

@@ -43,7 +43,11 @@ class FleetSettings(BaseSettings):
     model_fingerprint: str = Field("", description="pin the fingerprint instead of asking the fleet")
     model_dims: int = Field(0, ge=0, description="with model_fingerprint: the vector size")
 
-    chunk_size: int = Field(256, gt=0, description="distinct texts per bulk Celery task")
+    chunk_size: int = Field(
+        128,
+        gt=0,
+        description="distinct texts per Celery task; bounds how long a bulk backlog delays a small job",
+    )
     interactive_max_texts: int = Field(
         64, ge=0, description="jobs with at most this many texts to embed ride the interactive lane"
     )

@@ -16,7 +16,7 @@ from contract.manifest import TOKENIZER_FILE, Manifest, OrtSession, load_manifes
 from contract.settings import FleetSettings, get_settings
 from worker.batching import TokenBudgetBatcher
 from worker.pooling import l2_normalize, mean_pool
-from worker.tokenization import TextTokenizer, TokenBatch
+from worker.tokenization import TextTokenizer, TokenBatch, limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,9 @@ def _open_parts(
     settings: FleetSettings,
 ) -> tuple[ort.InferenceSession, TextTokenizer, TokenBudgetBatcher]:
     """Session, tokenizer and batcher of an encoder, from the model's files and the settings."""
-    session = open_session(model_path, ort_session, settings.threads_per_process(), settings.providers)
+    threads = settings.threads_per_process()
+    session = open_session(model_path, ort_session, threads, settings.providers)
+    limit_threads(threads)
     tokenizer = TextTokenizer(tokenizer_file, max_seq_length, settings.max_text_chars)
     return (
         session,

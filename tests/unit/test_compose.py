@@ -40,7 +40,8 @@ def test_every_embed_variable_is_a_setting() -> None:
 def test_redis_keeps_its_data_needs_a_password_and_is_not_published() -> None:
     redis = services()["redis"]
     command = " ".join(redis["command"])
-    assert "--appendonly yes" in command and "--appendfsync everysec" in command and "--requirepass" in command
+    assert "--appendonly yes" in command and "--appendfsync everysec" in command
+    assert "--requirepass" in command
     assert "ports" not in redis and redis["volumes"] == ["redis-data:/data"]
 
 
