@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 
 from contract import broker_transport
-from contract.redis_connection import TLS_SCHEME, tls_options
+from contract.redis_connection import REDIS_SCHEMES, TLS_SCHEME, tls_options
 from contract.settings import FleetSettings
 
 EMBED_TASK = "embedfleet.embed_chunk"
@@ -28,16 +28,7 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         **tls,
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout_s,
-            "socket_timeout": settings.redis_socket_timeout_s,
-            "socket_connect_timeout": settings.redis_socket_timeout_s,
-            "socket_keepalive": True,
-            "health_check_interval": settings.redis_health_check_interval_s,
-            "retry_on_timeout": True,
-            # BRPOP polls the queues in the order the worker lists them: interactive before bulk.
-            "queue_order_strategy": "priority",
-        },
+        "broker_transport_options": transport_options(settings),
         "broker_connection_max_retries": None,
         # Pickle executes code on load: JSON everywhere, nothing else accepted.
         "task_serializer": "json",
@@ -65,6 +56,23 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_concurrency": settings.processes(),
         "worker_hijack_root_logger": False,
+    }
+
+
+def transport_options(settings: FleetSettings) -> dict[str, Any]:
+    """Redis: acks by visibility timeout, bounded socket waits, interactive lane polled first.
+    RabbitMQ: publisher confirms, so a publish the broker did not take raises at the producer."""
+    if not settings.broker_url.startswith(REDIS_SCHEMES):
+        return {"confirm_publish": True}
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": settings.redis_health_check_interval_s,
+        "retry_on_timeout": True,
+        # BRPOP polls the queues in the order the worker lists them: interactive before bulk.
+        "queue_order_strategy": "priority",
     }
 
 

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from contract.fleet_metrics import FleetCollector
-from contract.redis_connection import REDIS_SCHEMES, connect
+from contract.fleet_metrics import FleetCollector, queue_probe
+from contract.redis_connection import connect
 from contract.settings import FleetSettings
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -34,12 +34,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         cache = connect(settings.cache_url, settings, 0)
-        broker = (
-            connect(settings.broker_url, settings, 0)
-            if settings.broker_url.startswith(REDIS_SCHEMES)
-            else None
-        )
-        self.registry.register(FleetCollector(settings, cache, broker))
+        self.registry.register(FleetCollector(settings, cache, queue_probe(settings)))
 
     @contextmanager
     def request(self, path: str) -> Iterator[Callable[[int], None]]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from contract.fleet_metrics import FleetCollector
-from contract.redis_connection import REDIS_SCHEMES, connect
+from contract.fleet_metrics import FleetCollector, queue_probe
+from contract.redis_connection import connect
 from contract.settings import FleetSettings
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -31,8 +31,5 @@ def serve(settings: FleetSettings) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     cache = connect(settings.cache_url, settings, 0)
-    broker = (
-        connect(settings.broker_url, settings, 0) if settings.broker_url.startswith(REDIS_SCHEMES) else None
-    )
-    registry.register(FleetCollector(settings, cache, broker))
+    registry.register(FleetCollector(settings, cache, queue_probe(settings)))
     start_http_server(settings.metrics_port, registry=registry)
