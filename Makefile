@@ -43,8 +43,9 @@ drills: install artifact
 test-unit: install
 	$(PY) -m pytest -q -m "not fleet and not slow and not drill"
 
+# make demo KEEP=1 leaves the fleet and Flower up until Ctrl-C.
 demo: install artifact
-	$(PY) -m localfleet.demo
+	$(PY) -m localfleet.demo $(if $(KEEP),--keep,)
 
 bench: install artifact
 	$(PY) bench/throughput.py --stsb $(STSB_DEV)

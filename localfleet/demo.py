@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -9,7 +11,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import redis
 
 from contract.settings import FleetSettings
 from localfleet.demo_corpus import DEMO_QUERIES, demo_corpus
@@ -20,24 +21,6 @@ from producer.client import EmbeddingClient
 DEMO_PROCESSES = 2
 TOP_K = 3
 REDIS_PROBE_TIMEOUT_S = 1.0
-
-
-def redis_answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=REDIS_PROBE_TIMEOUT_S).ping())
-    except redis.RedisError:
-        return False
-
-
-def broker_for_demo(settings: FleetSettings, stack: ExitStack, workdir: Path) -> str:
-    """The configured Redis if it answers, else a private redis-server on a free port."""
-    if redis_answers(settings.broker_url):
-        print(f"using Redis at {settings.broker_url}")
-        return settings.broker_url
-    server = start_redis(workdir)
-    stack.callback(server.stop)
-    print(f"nothing answers at {settings.broker_url}; started a private redis-server at {server.url}")
-    return server.url
 
 
 def run_corpus(client: EmbeddingClient, corpus: list[str]) -> np.ndarray:
@@ -65,16 +48,20 @@ def show_search(client: EmbeddingClient, corpus: list[str], vectors: np.ndarray)
             print(f"  {row[index]:.3f}  {corpus[index]}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localfleet.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="leave the fleet and Flower up until Ctrl-C")
+    args = parser.parse_args(argv)
     settings = FleetSettings()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="embedfleet-demo-")))
-        broker = broker_for_demo(settings, stack, workdir)
-        cache = settings.cache_url if settings.cache_url != settings.broker_url else broker
+        # A redis-server of its own (AOF on): the demo never shares queues or jobs with another fleet.
+        server = start_redis(workdir / "redis")
+        stack.callback(server.stop)
+        print(f"started a private redis-server at {server.url}")
         fleet_settings, env = fleet_env(
             {
-                "EMBED_BROKER_URL": broker,
-                "EMBED_CACHE_URL": cache,
+                "EMBED_BROKER_URL": server.url,
                 "EMBED_MODEL_DIR": str(settings.model_dir.resolve()),
                 "EMBED_WORKER_CONCURRENCY": str(DEMO_PROCESSES),
                 "EMBED_INTRA_OP_THREADS": "1",
@@ -89,6 +76,10 @@ def main() -> int:
         client = stack.enter_context(fleet.client())
         vectors = run_corpus(client, corpus)
         show_search(client, corpus, vectors)
+        if args.keep:
+            print(f"\nthe fleet stays up (Flower at http://127.0.0.1:{flower_port}, Redis at {server.url})")
+            print("Ctrl-C stops it")
+            signal.pause()
         print("\nstopping the fleet")
     return 0
 

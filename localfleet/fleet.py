@@ -86,7 +86,16 @@ class LocalFleet:
     def start(self, flower_port: int | None = None, flower_env: dict[str, str] | None = None) -> LocalFleet:
         self.add_node()
         if flower_port:
-            flower = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={flower_port}"]
+            flower = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={flower_port}",
+            ]
             self.flower = self._spawn(flower, self.log.with_suffix(".flower.log"), flower_env or {})
         return self
 

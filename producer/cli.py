@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -90,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = FleetSettings()
         print(f"error: Redis at {mask_url(settings.cache_url)} failed: {explain(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -99,8 +103,37 @@ def run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class UsageError(Exception):
+    """A file the command cannot read or write; the message says which and why."""
+
+
+def check_output(path: Path | None) -> None:
+    """Before any work: a place the vectors can be saved (not after a long job)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory: give a file name, such as {path / 'vectors.npy'}")
+    folder = path.parent.resolve()
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write --out {path}: {folder} does not exist or is not writable")
+
+
+def read_input(path: Path) -> list[str]:
+    if path.is_dir():
+        raise UsageError(
+            f"{path} is a directory: give a file with one text a line (or JSONL with a text field)"
+        )
+    try:
+        return read_texts(path)
+    except FileNotFoundError as exc:
+        raise UsageError(f"no such file: {path}") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+
+
 def run_submit(client: EmbeddingClient, args: argparse.Namespace) -> int:
-    job = client.submit(read_texts(args.file))
+    check_output(args.out)
+    job = client.submit(read_input(args.file))
     print(job.id)
     if not (args.wait or args.out):
         return EXIT_OK
@@ -126,6 +159,7 @@ def run_cancel(client: EmbeddingClient, args: argparse.Namespace) -> int:
 
 
 def run_fetch(client: EmbeddingClient, args: argparse.Namespace) -> int:
+    check_output(args.out)
     job = client.job(args.job_id)
     if job.status().state is JobState.QUEUED:
         print(f"job {job.id} is still running: try again later", file=sys.stderr)

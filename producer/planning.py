@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from contract.digest import digest_for
@@ -14,6 +14,13 @@ def validate_texts(texts: Sequence[object], max_job_texts: int) -> list[str]:
     """Refuse the whole job before anything is queued, naming the first bad position."""
     if isinstance(texts, str):
         raise InvalidTextError("texts must be a list of strings, not one string: wrap it in [...]")
+    if not isinstance(texts, (list, tuple)):
+        hint = (
+            "pass list(...) of it"
+            if isinstance(texts, Iterable) and not isinstance(texts, Mapping)
+            else "pass a list"
+        )
+        raise InvalidTextError(f"texts must be a list of strings, not {type(texts).__name__}: {hint}")
     if len(texts) > max_job_texts:
         raise JobTooLargeError(
             f"job has {len(texts)} texts, over the limit of {max_job_texts} "
@@ -32,7 +39,7 @@ def validate_texts(texts: Sequence[object], max_job_texts: int) -> list[str]:
                 f"text at position {position} is not valid Unicode ({exc.reason} at "
                 f"character {exc.start}): fix its encoding and resubmit"
             ) from exc
-    return list(texts)  # type: ignore[arg-type]
+    return list(texts)
 
 
 @dataclass

@@ -41,8 +41,11 @@ app.conf.include = ["worker.tasks"]
 
 
 @celeryd_init.connect
-def check_artifact_and_pick_queues(sender: str, instance: Any, **_: Any) -> None:
-    """Refuse to start without a sound artifact; consume only this build's lanes."""
+def check_artifact_and_pick_queues(sender: str, instance: Any, options: dict[str, Any], **_: Any) -> None:
+    """Refuse to start without a sound artifact; consume only this build's lanes; size threads to `-c`."""
+    global settings
+    if options.get("concurrency"):  # `celery -A worker worker -c N` counts as EMBED_WORKER_CONCURRENCY=N
+        settings = settings.model_copy(update={"worker_concurrency": int(options["concurrency"])})
     try:
         manifest = load_manifest(settings.model_dir)
     except ArtifactError as exc:
