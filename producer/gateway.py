@@ -147,7 +147,9 @@ class Gateway:
             )
         if all(isinstance(item, int) for item in given):
             return [counter.decode(cast(list[int], given))]
-        return [counter.decode(list(item)) for item in given if isinstance(item, list)]
+        return [
+            counter.decode(list(item), index) for index, item in enumerate(given) if isinstance(item, list)
+        ]
 
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
         build = await self.model_build(request.model)

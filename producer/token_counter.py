@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from contract.fleet_registry import BuildAdvert
+from producer.errors import InvalidTextError
 
 
 @dataclass(frozen=True)
@@ -46,5 +47,11 @@ class TokenCounter:
         ]
         return TokenCount([min(length, self.max_tokens) for length in lengths], cut)
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: Sequence[int], position: int = 0) -> str:
+        """The text of token ids of this model's vocabulary; other ids are refused, naming the input."""
+        vocab = self.tokenizer.get_vocab_size()
+        if any(not 0 <= token < vocab for token in ids):
+            raise InvalidTextError(
+                f"input {position} has token ids outside this model's vocabulary (0-{vocab - 1})"
+            )
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
