@@ -1,6 +1,7 @@
 """Small requests against a real fleet: latency and throughput of 1-text jobs, alone and beside bulk.
 
-    .venv/bin/python bench/load.py [--clients 1 8 32] [--seconds 15] [--bulk-n 50000] [--markdown OUT.md]
+    .venv/bin/python bench/load.py [--clients 1 8 32] [--seconds 15] [--bulk-n 50000]
+        [--phases clients mix shared backlog beside] [--env EMBED_X=value ...] [--markdown OUT.md]
 
 Every phase runs on the same fleet in one sitting (private redis-server, `celery -A worker
 worker`, 2 prefork processes x 1 thread): the bulk job alone; N client threads each sending
@@ -18,6 +19,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ PROCESSES = 2
 MIX = (1, 4, 16)
 PACE_S = 0.1
 MS = 1_000.0
+PHASES = ("clients", "mix", "shared", "backlog", "beside")
 
 
 @dataclass
@@ -185,13 +188,17 @@ def measure(args: argparse.Namespace, workdir: Path, source: TextSource) -> list
         fleet.start()
         client = stack.enter_context(fleet.client())
         client.embed(source.take(64))  # warm both processes
+        most = max(args.clients)
+        runs: dict[str, Callable[[], list[Phase]]] = {
+            "clients": lambda: [run_clients(fleet, source, n, args.seconds, (1,)) for n in args.clients],
+            "mix": lambda: [run_clients(fleet, source, most, args.seconds, MIX)],
+            "shared": lambda: [run_clients(fleet, source, most, args.seconds, (1,), shared=True)],
+            "backlog": lambda: [behind_backlog(client, source, 10_000)],
+            "beside": lambda: list(beside_bulk(fleet, client, source, source.take(args.bulk_n))),
+        }
         phases = [bulk_alone(client, source.take(args.bulk_n))]
-        for clients in args.clients:
-            phases.append(run_clients(fleet, source, clients, args.seconds, (1,)))
-        phases.append(run_clients(fleet, source, max(args.clients), args.seconds, MIX))
-        phases.append(run_clients(fleet, source, max(args.clients), args.seconds, (1,), shared=True))
-        phases.append(behind_backlog(client, source, 10_000))
-        phases.extend(beside_bulk(fleet, client, source, source.take(args.bulk_n)))
+        for name in args.phases:
+            phases.extend(runs[name]())
     return phases
 
 
@@ -211,6 +218,7 @@ def main() -> None:
     parser.add_argument("--bulk-n", type=int, default=50_000)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "artifacts/all-MiniLM-L6-v2")
     parser.add_argument("--env", nargs="*", default=[], help="EMBED_X=value for the fleet and the clients")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     args.model_dir = args.model_dir.resolve()
