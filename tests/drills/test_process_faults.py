@@ -110,7 +110,7 @@ def test_sigterm_requeues_running_chunks(drill: Drill, drill_report: DrillReport
             verdict.duplicates,
             verdict.counts_exact,
             recovery,
-            f"warm shutdown exited {code} at {stopped}/8,000",
+            f"warm shutdown exited {code} at {stopped:,}/8,000",
         )
     )
     assert code == 0
