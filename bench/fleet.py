@@ -52,6 +52,48 @@ class Row:
         return self.texts / self.seconds
 
 
+def bench_settings(
+    stack: ExitStack,
+    workdir: Path,
+    model_dir: Path,
+    processes: int = PROCESSES,
+    extra: dict[str, str] | None = None,
+) -> tuple[FleetSettings, dict[str, str]]:
+    """A private redis-server (stopped with `stack`) and the layout every bench runs: `processes`
+    prefork processes x 1 intra-op thread per node."""
+    server = start_redis(workdir)
+    stack.callback(server.stop)
+    return fleet_env(
+        {
+            "EMBED_BROKER_URL": server.url,
+            "EMBED_MODEL_DIR": str(model_dir),
+            "EMBED_WORKER_CONCURRENCY": str(processes),
+            "EMBED_INTRA_OP_THREADS": "1",
+            **(extra or {}),
+        }
+    )
+
+
+def start_bench_fleet(
+    stack: ExitStack,
+    workdir: Path,
+    model_dir: Path,
+    processes: int = PROCESSES,
+    extra: dict[str, str] | None = None,
+) -> LocalFleet:
+    settings, env = bench_settings(stack, workdir, model_dir, processes, extra)
+    fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
+    fleet.start()
+    return fleet
+
+
+def publish(report: str, markdown: Path | None) -> None:
+    print(report)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(report)
+
+
 def bench_sentences(count: int) -> list[str]:
     sentences: list[str] = []
     for split in ("train", "dev"):
@@ -129,18 +171,7 @@ def drop_vectors(fleet: LocalFleet, fingerprint: str) -> None:
 def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdir: Path) -> list[Row]:
     rows: list[Row] = []
     with ExitStack() as stack:
-        server = start_redis(workdir)
-        stack.callback(server.stop)
-        settings, env = fleet_env(
-            {
-                "EMBED_BROKER_URL": server.url,
-                "EMBED_MODEL_DIR": str(model_dir),
-                "EMBED_WORKER_CONCURRENCY": str(PROCESSES),
-                "EMBED_INTRA_OP_THREADS": "1",
-            }
-        )
-        fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
-        fleet.start()
+        fleet = start_bench_fleet(stack, workdir, model_dir)
         before = [rss_kib(pid) // KIB for pid in fleet.children()]
         after_each: list[list[int]] = []
         for chunk_size in chunk_sizes:
@@ -164,18 +195,7 @@ def paired_rounds(texts: list[str], model_dir: Path, rounds: int, workdir: Path)
     speed drifts by 20-40 % over minutes, so only ratios taken side by side mean anything."""
     pairs: list[tuple[Row, Row]] = []
     with ExitStack() as stack:
-        server = start_redis(workdir)
-        stack.callback(server.stop)
-        settings, env = fleet_env(
-            {
-                "EMBED_BROKER_URL": server.url,
-                "EMBED_MODEL_DIR": str(model_dir),
-                "EMBED_WORKER_CONCURRENCY": str(PROCESSES),
-                "EMBED_INTRA_OP_THREADS": "1",
-            }
-        )
-        fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
-        fleet.start()
+        fleet = start_bench_fleet(stack, workdir, model_dir)
         client = stack.enter_context(fleet.client())
         for _ in range(rounds):
             split = split_engine_row(texts, model_dir)
@@ -204,6 +224,21 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in output.splitlines() if "Model name" in line), "?")
 
 
+def paired_report(pairs: list[tuple[Row, Row]], count: int) -> str:
+    lines = [
+        f"CPU: {cpu_model()}; {count:,} texts, one bulk job a round",
+        "",
+        "| round | in-process, 2 processes x 1 thread | fleet | fleet / in-process |",
+        "|---:|---:|---:|---:|",
+    ]
+    for number, (split, queued) in enumerate(pairs, start=1):
+        lines.append(
+            f"| {number} | {split.rate:,.0f}/s | {queued.rate:,.0f}/s | {queued.rate / split.rate:.2f}x |"
+        )
+    ratios = sorted(queued.rate / split.rate for split, queued in pairs)
+    return "\n".join([*lines, "", f"median ratio {ratios[len(ratios) // 2]:.2f}x"]) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
@@ -221,15 +256,7 @@ def main() -> None:
     if args.paired:
         with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as workdir:
             pairs = paired_rounds(texts, model_dir, args.paired, Path(workdir))
-        print(f"CPU: {cpu_model()}; {args.n:,} texts, one bulk job a round\n")
-        print("| round | in-process, 2 processes x 1 thread | fleet | fleet / in-process |")
-        print("|---:|---:|---:|---:|")
-        for number, (split, fleet) in enumerate(pairs, start=1):
-            print(
-                f"| {number} | {split.rate:,.0f}/s | {fleet.rate:,.0f}/s | {fleet.rate / split.rate:.2f}x |"
-            )
-        ratios = sorted(fleet.rate / split.rate for split, fleet in pairs)
-        print(f"\nmedian ratio {ratios[len(ratios) // 2]:.2f}x")
+        publish(paired_report(pairs, args.n), args.markdown)
         return
     with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as workdir:
         fleet = fleet_rows(texts, model_dir, args.chunk_sizes, Path(workdir))
@@ -243,10 +270,7 @@ def main() -> None:
     )
     header = f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.n:,} unique STS-B sentences"
     report = f"{header}\n\n{table}\n\n{summary}\n"
-    print(report)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report)
+    publish(report, args.markdown)
 
 
 if __name__ == "__main__":

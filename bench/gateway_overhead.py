@@ -21,10 +21,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from fleet import ROOT, bench_sentences, cpu_model
+from fleet import ROOT, bench_sentences, cpu_model, start_bench_fleet
 
-from localfleet.fleet import LocalFleet, fleet_env
-from localfleet.redis_server import free_port, start_redis
+from localfleet.redis_server import free_port
 
 MS = 1_000.0
 MODEL = "all-MiniLM-L6-v2"
@@ -61,20 +60,9 @@ def measure(requests: int, model_dir: Path, workdir: Path) -> tuple[list[float],
     direct: list[float] = []
     gateway: list[float] = []
     with ExitStack() as stack:
-        server = start_redis(workdir)
-        stack.callback(server.stop)
-        settings, env = fleet_env(
-            {
-                "EMBED_BROKER_URL": server.url,
-                "EMBED_MODEL_DIR": str(model_dir),
-                "EMBED_WORKER_CONCURRENCY": "2",
-                "EMBED_INTRA_OP_THREADS": "1",
-            }
-        )
-        fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
-        fleet.start()
+        fleet = start_bench_fleet(stack, workdir, model_dir, processes=2)
         port = free_port()
-        process = start_gateway(env, port, workdir / "gateway.log")
+        process = start_gateway(fleet.env, port, workdir / "gateway.log")
         stack.callback(process.terminate)
         client = stack.enter_context(fleet.client())
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)

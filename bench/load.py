@@ -24,10 +24,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet import ROOT, bench_sentences, cpu_model
+from fleet import ROOT, bench_sentences, cpu_model, publish, start_bench_fleet
 
-from localfleet.fleet import LocalFleet, fleet_env
-from localfleet.redis_server import start_redis
+from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient
 
 PROCESSES = 2
@@ -173,19 +172,9 @@ def beside_bulk(
 
 def measure(args: argparse.Namespace, workdir: Path, source: TextSource) -> list[Phase]:
     with ExitStack() as stack:
-        server = start_redis(workdir)
-        stack.callback(server.stop)
-        settings, env = fleet_env(
-            {
-                "EMBED_BROKER_URL": server.url,
-                "EMBED_MODEL_DIR": str(args.model_dir),
-                "EMBED_WORKER_CONCURRENCY": str(PROCESSES),
-                "EMBED_INTRA_OP_THREADS": "1",
-                **dict(item.split("=", 1) for item in args.env),
-            }
+        fleet = start_bench_fleet(
+            stack, workdir, args.model_dir, extra=dict(item.split("=", 1) for item in args.env)
         )
-        fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
-        fleet.start()
         client = stack.enter_context(fleet.client())
         client.embed(source.take(64))  # warm both processes
         most = max(args.clients)
@@ -228,10 +217,7 @@ def main() -> None:
     when = time.strftime("%Y-%m-%d %H:%M")
     header = f"CPU: {cpu_model()}, {os.cpu_count()} cores; fleet: {PROCESSES} processes x 1 thread; {when}"
     report = f"{header}\n\n{render(phases)}\n"
-    print(report)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report)
+    publish(report, args.markdown)
 
 
 if __name__ == "__main__":

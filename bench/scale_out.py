@@ -15,10 +15,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from fleet import ROOT, bench_sentences, cpu_model, drop_vectors
+from fleet import ROOT, bench_sentences, bench_settings, cpu_model, drop_vectors, publish
 
-from localfleet.fleet import LocalFleet, fleet_env
-from localfleet.redis_server import start_redis
+from localfleet.fleet import LocalFleet
 
 
 def cold_job(fleet: LocalFleet, texts: list[str]) -> float:
@@ -32,16 +31,7 @@ def cold_job(fleet: LocalFleet, texts: list[str]) -> float:
 def measure(texts: list[str], model_dir: Path, rounds: int, workdir: Path) -> list[tuple[float, float]]:
     results: list[tuple[float, float]] = []
     with ExitStack() as stack:
-        server = start_redis(workdir)
-        stack.callback(server.stop)
-        settings, env = fleet_env(
-            {
-                "EMBED_BROKER_URL": server.url,
-                "EMBED_MODEL_DIR": str(model_dir),
-                "EMBED_WORKER_CONCURRENCY": "1",
-                "EMBED_INTRA_OP_THREADS": "1",
-            }
-        )
+        settings, env = bench_settings(stack, workdir, model_dir, processes=1)
         for _ in range(rounds):
             one = stack.enter_context(LocalFleet(settings, env, workdir / "one.log"))
             one.start()
@@ -74,10 +64,7 @@ def main() -> None:
             f"| {number} | {args.n / single:,.0f} | {args.n / double:,.0f} | {single / double:.2f}x |"
         )
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report)
+    publish(report, args.markdown)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from fleet import PROCESSES, ROOT, bench_sentences, cpu_model, rss_kib
-
-from localfleet.fleet import LocalFleet, fleet_env
-from localfleet.redis_server import start_redis
+from fleet import ROOT, bench_sentences, cpu_model, publish, rss_kib, start_bench_fleet
 
 KIB = 1024
 SAMPLE_S = 60.0
@@ -40,18 +37,7 @@ def soak(minutes: float, model_dir: Path, workdir: Path) -> list[tuple[float, in
     rng = random.Random(SEED)
     samples: list[tuple[float, int, list[int]]] = []
     with ExitStack() as stack:
-        server = start_redis(workdir)
-        stack.callback(server.stop)
-        settings, env = fleet_env(
-            {
-                "EMBED_BROKER_URL": server.url,
-                "EMBED_MODEL_DIR": str(model_dir),
-                "EMBED_WORKER_CONCURRENCY": str(PROCESSES),
-                "EMBED_INTRA_OP_THREADS": "1",
-            }
-        )
-        fleet = stack.enter_context(LocalFleet(settings, env, workdir / "worker.log"))
-        fleet.start()
+        fleet = start_bench_fleet(stack, workdir, model_dir)
         client = stack.enter_context(fleet.client())
         started, texts_done, tag = time.monotonic(), 0, 0
         next_sample = started
@@ -101,10 +87,7 @@ def main() -> None:
         f"growth {growth:+.1%} (limit {GROWTH_LIMIT:.0%}): {verdict}",
     ]
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report)
+    publish(report, args.markdown)
 
 
 if __name__ == "__main__":
