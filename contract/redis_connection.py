@@ -53,34 +53,26 @@ def connect(url: str, settings: FleetSettings, outage_s: float | None = None) ->
     """
     budget = settings.redis_outage_s if outage_s is None else outage_s
     retry = Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retries_for(budget))
-    tls: dict[str, Any] = tls_options(settings) if url.startswith(TLS_SCHEME) else {}
-    return redis.Redis.from_url(
-        url,
-        **tls,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_socket_timeout_s,
-        socket_keepalive=True,
-        health_check_interval=settings.redis_health_check_interval_s,
-        retry=retry,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    return redis.Redis.from_url(url, retry=retry, **client_options(url, settings))
+
+
+def client_options(url: str, settings: FleetSettings) -> dict[str, Any]:
+    """Timeouts, keepalive, retried errors and TLS shared by the sync and asyncio clients."""
+    return {
+        **(tls_options(settings) if url.startswith(TLS_SCHEME) else {}),
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": settings.redis_health_check_interval_s,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
 
 
 def async_connect(url: str, settings: FleetSettings, outage_s: float | None = None) -> aioredis.Redis:
     """As `connect`, for asyncio (redis.asyncio), with the same timeouts, retries and TLS options."""
     budget = settings.redis_outage_s if outage_s is None else outage_s
     retry = AsyncRetry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retries_for(budget))
-    tls: dict[str, Any] = tls_options(settings) if url.startswith(TLS_SCHEME) else {}
-    return aioredis.Redis.from_url(
-        url,
-        **tls,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_socket_timeout_s,
-        socket_keepalive=True,
-        health_check_interval=settings.redis_health_check_interval_s,
-        retry=retry,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    return aioredis.Redis.from_url(url, retry=retry, **client_options(url, settings))
 
 
 def mask_url(url: str) -> str:
