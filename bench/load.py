@@ -103,12 +103,14 @@ def run_clients(
                     phase.latencies_s.append(took)
 
     threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     phase.seconds = time.perf_counter() - started
+    cores = (time.process_time() - cpu_started) / phase.seconds
+    phase.note = f"the clients' own process used {cores:.2f} of the {os.cpu_count()} cores"
     if common is not None:
         common.close()
     return phase
