@@ -27,6 +27,7 @@ from contract.lua_scripts import load_lua
 from contract.redis_connection import as_bytes, async_connect, explain, mask_url
 from contract.settings import FleetSettings
 from contract.vector_cache import VectorCache
+from producer.coalescing import AsyncEmbedCoalescer
 from producer.errors import JobLostError, JobTimeoutError, RedisUnavailableError, ResultIncompleteError
 from producer.job_rules import (
     CANCELLED_ERROR,
@@ -70,8 +71,12 @@ class AsyncEmbeddingClient:
         self.celery = make_celery(self.settings, main="producer")
         self._end = self.redis.register_script(load_lua("end_job"))
         self._builds: tuple[float, list[BuildAdvert]] = (0.0, [])
+        self._embeds = AsyncEmbedCoalescer(
+            self, self.settings.coalesce_max_texts, self.settings.coalesce_inflight
+        )
 
     async def aclose(self) -> None:
+        await self._embeds.aclose()
         await self.redis.aclose()
         await asyncio.to_thread(self.celery.close)
 
@@ -107,7 +112,9 @@ class AsyncEmbeddingClient:
         return job
 
     async def embed(self, texts: Sequence[str], timeout: float | None = None) -> Matrix:
-        """Submit on the interactive lane, wait, return the vectors."""
+        """Submit on the interactive lane, wait, return the vectors (concurrent small calls share jobs)."""
+        if 0 < len(texts) <= self.settings.coalesce_max_texts:
+            return await self._embeds.embed(texts, timeout)
         job = await self.submit(texts, priority=Lane.INTERACTIVE)
         await job.wait(timeout=timeout)
         return await job.result()

@@ -1,19 +1,22 @@
 """Concurrent `embed()` calls on one client share jobs.
 
-A web app's request threads each call `client.embed()` with a text or two. Alone, every call is a
-job: a submit, a message, a wait and a fetch; on a small host that bookkeeping costs more CPU than
-the embedding itself. Here the calls go to one sender thread, which keeps up to
-EMBED_COALESCE_INFLIGHT jobs in flight; calls that arrive while all slots are busy go together,
-up to EMBED_COALESCE_MAX_TEXTS texts, into the next job (there is no timer: a call that finds a
-free slot leaves at once, so an idle fleet answers as fast as without coalescing). Each caller
-still gets exactly its own rows, and its own error: a failed text fails only the call it came
-from. docs/benchmarks.md measures both ways.
+A web app's request threads (or coroutines) each call `client.embed()` with a text or two. Alone,
+every call is a job: a submit, a message, a wait and a fetch; on a small host that bookkeeping
+costs more CPU than the embedding itself. Here a client keeps up to EMBED_COALESCE_INFLIGHT jobs
+in flight for its embed() calls; calls that arrive while all slots are busy go together, up to
+EMBED_COALESCE_MAX_TEXTS texts, into the next job (there is no timer: a call that finds a free
+slot leaves at once, so an idle fleet answers as fast as without coalescing). Each caller still
+gets exactly its own rows, and its own error: a failed text fails only the call it came from.
+`EmbedCoalescer` serves the thread-safe client with one sender thread, `AsyncEmbedCoalescer` the
+asyncio client on its event loop. docs/benchmarks.md measures both ways.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from contract.lanes import Lane
 from producer.errors import JobFailedError, JobTimeoutError
 
 if TYPE_CHECKING:
+    from producer.async_client import AsyncEmbeddingClient
     from producer.client import EmbeddingClient
 
 
@@ -96,7 +100,12 @@ class EmbedCoalescer:
                 [text for call in batch for text in call.texts], priority=Lane.INTERACTIVE
             )
             job.wait()
-            _hand_out(batch, job.result(missing="mask"), job.id)
+            outcomes = split_rows([len(call.texts) for call in batch], job.result(missing="mask"), job.id)
+            for call, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, JobFailedError):
+                    call.error = outcome
+                else:
+                    call.vectors = outcome
         except BaseException as exc:
             for call in batch:
                 call.error = exc
@@ -106,18 +115,90 @@ class EmbedCoalescer:
             self._slots.release()
 
 
-def _hand_out(batch: list[_Call], vectors: Matrix, job_id: str) -> None:
-    """Each call gets its own rows; a call with a row that has no vector gets its own error."""
+_Waiting = tuple[list[str], "asyncio.Future[Matrix]"]
+
+
+class AsyncEmbedCoalescer:
+    """As EmbedCoalescer, on the event loop: no thread, the jobs in flight are tasks."""
+
+    def __init__(self, client: AsyncEmbeddingClient, max_texts: int, inflight: int) -> None:
+        self.client = client
+        self.max_texts = max_texts
+        self.inflight = inflight
+        self._waiting: deque[_Waiting] = deque()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def embed(self, texts: Sequence[str], timeout: float | None) -> Matrix:
+        future: asyncio.Future[Matrix] = asyncio.get_running_loop().create_future()
+        self._waiting.append((list(texts), future))
+        self._dispatch()
+        try:  # a caller that stops waiting cancels only its own future, not the job it shares
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise JobTimeoutError(f"embed() of {len(texts)} texts not done after {timeout}s") from None
+
+    async def aclose(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _dispatch(self) -> None:
+        while self._waiting and len(self._running) < self.inflight:
+            task = asyncio.create_task(self._run(self._next_batch()))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._dispatch()
+
+    def _next_batch(self) -> list[_Waiting]:
+        """The oldest waiting calls, up to max_texts texts (one call, whatever its size, at least)."""
+        batch = [self._waiting.popleft()]
+        size = len(batch[0][0])
+        while self._waiting and size + len(self._waiting[0][0]) <= self.max_texts:
+            size += len(self._waiting[0][0])
+            batch.append(self._waiting.popleft())
+        return batch
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        outcomes: list[Matrix | BaseException]
+        try:
+            job = await self.client.submit([text for texts, _ in batch for text in texts], Lane.INTERACTIVE)
+            await job.wait()
+            sizes = [len(texts) for texts, _ in batch]
+            outcomes = [*split_rows(sizes, await job.result(missing="mask"), job.id)]
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():  # its caller stopped waiting
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+
+def split_rows(sizes: list[int], vectors: Matrix, job_id: str) -> list[Matrix | JobFailedError]:
+    """Each call's own rows; a call with a row that has no vector gets its own error instead."""
     missing = np.ma.getmaskarray(vectors)[:, 0] if np.ma.isMaskedArray(vectors) else None
+    outcomes: list[Matrix | JobFailedError] = []
     start = 0
-    for call in batch:
-        end = start + len(call.texts)
-        rows = np.asarray(vectors[start:end], dtype=np.float32)
+    for size in sizes:
+        end = start + size
         lost = [] if missing is None else [int(i) for i in np.flatnonzero(missing[start:end])]
         if lost:
-            call.error = JobFailedError(
-                f"inputs {describe_positions(lost)} of this call failed in job {job_id}: see its error", lost
+            outcomes.append(
+                JobFailedError(
+                    f"inputs {describe_positions(lost)} of this call failed in job {job_id}: see its error",
+                    lost,
+                )
             )
         else:
-            call.vectors = rows
+            outcomes.append(np.asarray(vectors[start:end], dtype=np.float32))
         start = end
+    return outcomes

@@ -33,15 +33,22 @@ def test_async_results_equal_the_sync_clients(fleet: LocalFleet, client: Embeddi
     assert fresh.shape == (500, 384) and done == 500
 
 
-def test_many_concurrent_requests_share_one_event_loop(fleet: LocalFleet) -> None:
+def test_concurrent_requests_share_jobs_and_each_gets_its_own_rows(
+    fleet: LocalFleet, client: EmbeddingClient
+) -> None:
+    requests = [unique_texts(2) for _ in range(40)]
+    jobs: list[int] = []
+
     async def run() -> list[np.ndarray]:
-        async with AsyncEmbeddingClient(fleet.settings) as aclient:
-            return await asyncio.gather(
-                *(aclient.embed(unique_texts(2), timeout=JOB_TIMEOUT_S) for _ in range(40))
-            )
+        async with AsyncEmbeddingClient(
+            fleet.settings, on_submit=lambda _, total: jobs.append(total)
+        ) as aclient:
+            return await asyncio.gather(*(aclient.embed(texts, timeout=JOB_TIMEOUT_S) for texts in requests))
 
     results = asyncio.run(run())
-    assert [vectors.shape for vectors in results] == [(2, 384)] * 40
+    assert sum(jobs) == 80 and len(jobs) < 40  # coalesced: fewer jobs than calls, every text once
+    expected = client.embed([text for texts in requests for text in texts], timeout=JOB_TIMEOUT_S)
+    np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5)
 
 
 def test_async_cancel_and_unknown_job(fleet: LocalFleet) -> None:

@@ -144,14 +144,12 @@ def test_passwords_are_masked_in_urls() -> None:
 def test_coalesced_rows_go_back_to_their_calls_and_a_failure_stays_with_its_call() -> None:
     import numpy as np
 
-    from producer.coalescing import _Call, _hand_out
+    from producer.coalescing import split_rows
     from producer.errors import JobFailedError
 
     vectors = np.ma.MaskedArray(np.arange(12, dtype=np.float32).reshape(6, 2), mask=np.zeros((6, 2), bool))
     vectors.mask[4] = True
-    calls = [_Call(["a"]), _Call(["b", "c", "d"]), _Call(["e", "f"])]
-    _hand_out(calls, vectors, "job")
-    assert calls[0].vectors is not None and calls[0].vectors.tolist() == [[0.0, 1.0]]
-    assert calls[1].vectors is not None and calls[1].vectors.shape == (3, 2) and calls[1].error is None
-    assert calls[2].vectors is None and isinstance(calls[2].error, JobFailedError)
-    assert calls[2].error.positions == [0]
+    first, second, third = split_rows([1, 3, 2], vectors, "job")
+    assert not isinstance(first, JobFailedError) and first.tolist() == [[0.0, 1.0]]
+    assert not isinstance(second, JobFailedError) and second.shape == (3, 2)
+    assert isinstance(third, JobFailedError) and third.positions == [0]
