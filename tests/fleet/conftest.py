@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
+from kombu import Connection
 
 from localfleet.fleet import LocalFleet, fleet_env
 from localfleet.redis_server import RedisServer, start_redis
@@ -25,6 +29,7 @@ TEST_ENV = {
     "EMBED_STALL_TIMEOUT_S": "10",
     "EMBED_REDIS_OUTAGE_S": "30",
 }
+RABBITMQ_URL = os.environ.get("EMBED_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +67,42 @@ def fleet(
         yield fleet.start()
 
 
+@pytest.fixture(scope="session")
+def rabbit_fleet(
+    cache_server: RedisServer, static_artifact: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalFleet]:
+    """RabbitMQ as the broker, the cache on Redis; a model name of its own, so its queues are its own."""
+    try:
+        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
+            connection.connect()
+    except OSError as exc:
+        pytest.fail(f"no RabbitMQ at {RABBITMQ_URL} ({exc}): start it, or set EMBED_TEST_RABBITMQ_URL")
+    settings, env = fleet_env(
+        {
+            **TEST_ENV,
+            "EMBED_BROKER_URL": RABBITMQ_URL,
+            "EMBED_CACHE_URL": cache_server.url,
+            "EMBED_MODEL_DIR": str(static_artifact),
+            "EMBED_MODEL_NAME": f"minilm-rabbit-{uuid.uuid4().hex[:8]}",
+        }
+    )
+    with LocalFleet(settings, env, tmp_path_factory.mktemp("rabbit") / "worker.log") as fleet:
+        yield fleet.start()
+
+
 @pytest.fixture
 def client(fleet: LocalFleet) -> Iterator[EmbeddingClient]:
     with fleet.client() as client:
+        yield client
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def any_fleet(request: pytest.FixtureRequest) -> LocalFleet:
+    """The fleet on each broker: a test that takes it runs once on Redis and once on RabbitMQ."""
+    return cast(LocalFleet, request.getfixturevalue("fleet" if request.param == "redis" else "rabbit_fleet"))
+
+
+@pytest.fixture
+def any_client(any_fleet: LocalFleet) -> Iterator[EmbeddingClient]:
+    with any_fleet.client() as client:
         yield client

@@ -1,4 +1,5 @@
-"""End-to-end jobs through real Redis and real prefork workers running the static-INT8 artifact."""
+"""End-to-end jobs through real prefork workers running the static-INT8 artifact; tests that take
+`any_client` or `any_fleet` run on both brokers (Redis and RabbitMQ), the cache on Redis."""
 
 from __future__ import annotations
 
@@ -39,10 +40,10 @@ def engine(static_artifact: Path) -> EmbeddingEngine:
 
 
 def test_job_returns_vectors_in_input_order_equal_to_the_engine(
-    client: EmbeddingClient, engine: EmbeddingEngine
+    any_client: EmbeddingClient, engine: EmbeddingEngine
 ) -> None:
     texts = unique_texts(50)
-    job = client.submit(texts)
+    job = any_client.submit(texts)
     record = job.wait(timeout=JOB_TIMEOUT_S)
     vectors = job.result()
     expected = engine.embed(texts).vectors
@@ -52,19 +53,19 @@ def test_job_returns_vectors_in_input_order_equal_to_the_engine(
     assert np.min(np.sum(vectors * expected, axis=1)) >= 0.9999
 
 
-def test_resubmitting_the_same_texts_executes_no_task(client: EmbeddingClient) -> None:
+def test_resubmitting_the_same_texts_executes_no_task(any_client: EmbeddingClient) -> None:
     texts = unique_texts(40)
-    first = client.embed(texts, timeout=JOB_TIMEOUT_S)
-    again = client.submit(texts)
+    first = any_client.embed(texts, timeout=JOB_TIMEOUT_S)
+    again = any_client.submit(texts)
     record = again.status()
     assert record.chunks == 0 and record.state.value == "done" and record.done == 40
     np.testing.assert_array_equal(again.result(), first)
 
 
-def test_identical_texts_in_one_job_are_embedded_once(client: EmbeddingClient) -> None:
+def test_identical_texts_in_one_job_are_embedded_once(any_client: EmbeddingClient) -> None:
     base = unique_texts(5)
     texts = base * 4
-    job = client.submit(texts)
+    job = any_client.submit(texts)
     record = job.wait(timeout=JOB_TIMEOUT_S)
     vectors = job.result()
     assert record.chunks == 1 and record.done == 20 and record.lane.value == "interactive"
@@ -86,12 +87,12 @@ def test_a_chunk_delivered_twice_counts_once(fleet: LocalFleet, client: Embeddin
     assert (again.done, again.failed, again.counted, again.state.value) == (40, 0, record.chunks, "done")
 
 
-def test_two_jobs_at_once(fleet: LocalFleet) -> None:
+def test_two_jobs_at_once(any_fleet: LocalFleet) -> None:
     texts = [unique_texts(60), unique_texts(45)]
     results: dict[int, np.ndarray] = {}
 
     def run(index: int) -> None:
-        with fleet.client() as own:
+        with any_fleet.client() as own:
             results[index] = own.embed(texts[index], timeout=JOB_TIMEOUT_S)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
@@ -116,11 +117,11 @@ def test_broker_and_cache_live_on_two_redis_servers(
     assert list(broker_server.client().scan_iter("_kombu.binding.*"))
 
 
-def test_wait_times_out_with_a_clear_error_and_the_job_goes_on(client: EmbeddingClient) -> None:
-    job = client.submit(unique_texts(200))
+def test_wait_times_out_with_a_clear_error_and_the_job_goes_on(any_client: EmbeddingClient) -> None:
+    job = any_client.submit(unique_texts(200))
     with pytest.raises(JobTimeoutError, match="re-attach"):
         job.wait(timeout=0.01)
-    record = client.job(job.id).wait(timeout=JOB_TIMEOUT_S, progress=True)
+    record = any_client.job(job.id).wait(timeout=JOB_TIMEOUT_S, progress=True)
     assert record.done == 200
 
 
@@ -134,11 +135,11 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 
 def test_concurrent_embed_calls_on_one_client_share_jobs_and_get_their_own_rows(
-    fleet: LocalFleet, engine: EmbeddingEngine
+    any_fleet: LocalFleet, engine: EmbeddingEngine
 ) -> None:
     calls = [unique_texts(1 + i % 3) for i in range(24)]
     results: dict[int, np.ndarray] = {}
-    with fleet.client() as shared:
+    with any_fleet.client() as shared:
         before = shared.redis.keys("job:*:digests")
 
         def call(index: int) -> None:

@@ -7,50 +7,22 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-from kombu import Connection
 
 from contract import keys
 from contract.celery_config import EMBED_TASK
 from contract.fleet_metrics import AmqpQueueProbe
 from contract.jobs import ChunkRef
 from contract.lanes import Lane, queue_name
-from localfleet.fleet import LocalFleet, fleet_env
-from localfleet.redis_server import RedisServer
+from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient
-from tests.fleet.conftest import TEST_ENV
+from tests.fleet.conftest import RABBITMQ_URL
 from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
 
 pytestmark = pytest.mark.fleet
-
-RABBITMQ_URL = os.environ.get("EMBED_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-@pytest.fixture(scope="module")
-def rabbit_fleet(
-    cache_server: RedisServer, static_artifact: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalFleet]:
-    try:
-        with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
-            connection.connect()
-    except OSError as exc:
-        pytest.fail(f"no RabbitMQ at {RABBITMQ_URL} ({exc}): start it, or set EMBED_TEST_RABBITMQ_URL")
-    settings, env = fleet_env(
-        {
-            **TEST_ENV,
-            "EMBED_BROKER_URL": RABBITMQ_URL,
-            "EMBED_CACHE_URL": cache_server.url,
-            "EMBED_MODEL_DIR": str(static_artifact),
-            "EMBED_MODEL_NAME": f"minilm-rabbit-{uuid.uuid4().hex[:8]}",
-        }
-    )
-    with LocalFleet(settings, env, tmp_path_factory.mktemp("rabbit") / "worker.log") as fleet:
-        yield fleet.start()
 
 
 @pytest.fixture
