@@ -108,17 +108,20 @@ class ChunkRunner:
     def run(self, ref: ChunkRef, carried: Sequence[ChunkRef] = ()) -> str:
         """Run the task's chunk and the chunks it carried; raise only for the task's own chunk."""
         with metrics.CHUNK_SECONDS.time():
-            report, own_failure = self._run(ref, carried)
+            report, tally = self._run(ref, carried)
         metrics.CHUNKS.labels("skipped").inc(len(report.skipped))
         metrics.CHUNKS.labels("failed").inc(report.failed)
         metrics.CHUNKS.labels("done").inc(report.chunks - report.failed - len(report.skipped))
         metrics.TEXTS.labels("embedded").inc(report.embedded)
         metrics.TEXTS.labels("cached").inc(report.cached)
-        if own_failure:
-            raise ChunkFailedError(own_failure)
+        if tally.own_failure:
+            raise ChunkFailedError(tally.own_failure)
+        if tally.own_retry:
+            raise RetryableChunkError(tally.own_retry)
         return str(report)
 
-    def _run(self, ref: ChunkRef, carried: Sequence[ChunkRef]) -> tuple[BatchReport, str]:
+    def _run(self, ref: ChunkRef, carried: Sequence[ChunkRef]) -> tuple[BatchReport, _Tally]:
+        """Every chunk is seen through before the task's own outcome is raised (by `run`)."""
         refs = [ref, *carried]
         claims = self.runtime.ledger.claim_many(refs, self.node, self.runtime.settings.lease_s())
         report = BatchReport(chunks=len(refs))
@@ -128,10 +131,10 @@ class ChunkRunner:
         ]
         ready = self._inspect([chunk for chunk in prepared if chunk is not None])
         ready = [chunk for chunk in ready if outcome.guard(partial(self._check_digests, chunk), chunk.ref)]
-        self._run_together([c for c in ready if not c.failures], ref, report)
+        self._run_together([c for c in ready if not c.failures], outcome)
         for chunk in (c for c in ready if c.failures):
             self._run_apart(chunk, report)
-        return report, outcome.own_failure
+        return report, outcome
 
     def _prepare(self, ref: ChunkRef, claim: Claim, report: BatchReport) -> ReadyChunk | None:
         """A chunk to run, None to skip, or _GaveUp once it is counted failed for good."""
@@ -182,15 +185,15 @@ class ChunkRunner:
             self._give_up(chunk.ref, None, reason)
         return chunk
 
-    def _run_together(self, chunks: list[ReadyChunk], own: ChunkRef, report: BatchReport) -> None:
+    def _run_together(self, chunks: list[ReadyChunk], outcome: _Tally) -> None:
         if not chunks:
             return
         try:
-            self._embed_together(chunks, report)
+            self._embed_together(chunks, outcome.report)
         except redis.RedisError:
             raise
         except Exception as exc:
-            self._after_error(chunks, own, f"{type(exc).__name__}: {exc}", report)
+            self._after_error(chunks, f"{type(exc).__name__}: {exc}", outcome)
 
     def _embed_together(self, chunks: list[ReadyChunk], report: BatchReport) -> None:
         """One engine pass over every text the cache lacks (each distinct text once), then one round
@@ -220,24 +223,18 @@ class ChunkRunner:
         report.embedded += len(missing)
         report.cached += sum(sum(chunk.cached) for chunk in chunks)
 
-    def _after_error(self, chunks: list[ReadyChunk], own: ChunkRef, error: str, report: BatchReport) -> None:
+    def _after_error(self, chunks: list[ReadyChunk], error: str, outcome: _Tally) -> None:
         """Every chunk of a batch that raised counts a failure; each retries apart (or fails for good)."""
-        retry_own = False
+        own = outcome.own
         for chunk in chunks:
             failures = self.runtime.ledger.record_failure(chunk.ref, error)
             if failures >= self.runtime.settings.max_chunk_attempts:
-                try:
-                    self._give_up(chunk.ref, chunk.payload, f"failed {failures} times; last error: {error}")
-                except _GaveUp as exc:
-                    report.failed += 1
-                    if chunk.ref == own:
-                        raise ChunkFailedError(str(exc)) from exc
+                reason = f"failed {failures} times; last error: {error}"
+                outcome.guard(partial(self._give_up, chunk.ref, chunk.payload, reason), chunk.ref)
             elif chunk.ref == own:
-                retry_own = True
+                outcome.own_retry = f"chunk {own.chunk} of job {own.job_id}: {error}"
             elif self.republish is not None:
                 self.republish(chunk.ref)
-        if retry_own:
-            raise RetryableChunkError(f"chunk {own.chunk} of job {own.job_id}: {error}")
 
     def _run_apart(self, chunk: ReadyChunk, report: BatchReport) -> None:
         """Text by text, each announced first: the process that dies names the text that killed it."""
@@ -268,11 +265,13 @@ class ChunkRunner:
 
 @dataclass
 class _Tally:
-    """Counts the chunks a step gave up on, and remembers why when it was the task's own."""
+    """Counts the chunks a step gave up on; remembers the task's own chunk's fate (failed for good,
+    or to retry) for `run` to raise once every other chunk is seen through."""
 
     own: ChunkRef
     report: BatchReport
     own_failure: str = ""
+    own_retry: str = ""
 
     def guard(self, step: Callable[[], T | None], ref: ChunkRef) -> T | None:
         try:

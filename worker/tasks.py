@@ -35,15 +35,17 @@ def embed_chunk(self: Task, **fields: object) -> str:
 
     runtime = open_runtime()
     queue = str((self.request.delivery_info or {}).get("routing_key") or "")
-    carried = runtime.gatherer.take(queue, ref.texts) if lane_of(queue) is Lane.INTERACTIVE else []
-    if carried:
-        runtime.gatherer.note(self.request.id, queue, carried)
+    carried: list[ChunkRef] = []
 
     def republish(chunk: ChunkRef) -> None:
         app.send_task(EMBED_TASK, kwargs=chunk.to_kwargs(), queue=queue, **chunk.send_options())
 
     runner = ChunkRunner(runtime, node=self.request.hostname or "", republish=republish)
     try:
+        if lane_of(queue) is Lane.INTERACTIVE:
+            carried = runtime.gatherer.take(queue, ref.texts)
+        if carried:
+            runtime.gatherer.note(self.request.id, queue, carried)
         return runner.run(ref, carried)
     except redis.RedisError as exc:
         log.warning(

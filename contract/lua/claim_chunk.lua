@@ -13,7 +13,7 @@
 --   "run"      the lease is taken: run it
 local job = redis.call('HMGET', KEYS[1], 'state', 'total', 'fingerprint')
 if not job[1] then
-  return {'gone', '', 0, '', 0, ''}
+  return {'gone', '', 0, '', 0, '', ''}
 end
 if job[1] ~= 'queued' then
   return {'finished', '', 0, '', job[2], job[3], ''}

@@ -15,7 +15,8 @@ import pytest
 from contract import keys
 from contract.celery_config import EMBED_TASK
 from contract.jobs import ChunkRef
-from contract.lanes import queue_name
+from contract.lanes import Lane, queue_name
+from contract.ledger import ClaimStatus, JobLedger
 from contract.settings import FleetSettings
 from localfleet.fleet import LocalFleet
 from localfleet.redis_server import RedisServer
@@ -156,3 +157,19 @@ def test_concurrent_embed_calls_on_one_client_share_jobs_and_get_their_own_rows(
         assert results[index].shape == (len(texts), 384)
         assert np.min(np.sum(results[index] * expected, axis=1)) >= 0.9999
     assert jobs < len(calls)
+
+
+def test_a_chunk_of_a_vanished_job_is_skipped_and_its_batch_runs(
+    fleet: LocalFleet, client: EmbeddingClient
+) -> None:
+    gone = [ChunkRef(f"vanished-{uuid.uuid4().hex[:8]}", chunk, texts=1) for chunk in range(6)]
+    claims = JobLedger(client.redis).claim_many(gone[:1], "test-node", 10.0)
+    assert claims[0].status is ClaimStatus.GONE
+    record = client.submit(unique_texts(1)).wait(timeout=JOB_TIMEOUT_S)
+    queue = queue_name(record.model, record.fingerprint, Lane.INTERACTIVE)
+    for ref in gone:  # waiting beside real 1-text jobs, so a task carries some of them along
+        client.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
+    jobs = [client.submit(unique_texts(1)) for _ in range(6)]
+    for job in jobs:
+        assert job.wait(timeout=JOB_TIMEOUT_S).done == 1
+    _wait_for(lambda: "skipped: gone" in fleet.worker.log_text())
