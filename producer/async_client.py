@@ -113,6 +113,7 @@ class AsyncEmbeddingClient:
 
     async def embed(self, texts: Sequence[str], timeout: float | None = None) -> Matrix:
         """Submit on the interactive lane, wait, return the vectors (concurrent small calls share jobs)."""
+        texts = validate_texts(texts, self.settings.max_job_texts)
         if 0 < len(texts) <= self.settings.coalesce_max_texts:
             return await self._embeds.embed(texts, timeout)
         job = await self.submit(texts, priority=Lane.INTERACTIVE)

@@ -127,23 +127,30 @@ class AsyncEmbedCoalescer:
         self.inflight = inflight
         self._waiting: deque[_Waiting] = deque()
         self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def embed(self, texts: Sequence[str], timeout: float | None) -> Matrix:
+        if self._closed:
+            raise RuntimeError("embed() on a closed client: open a new AsyncEmbeddingClient")
         future: asyncio.Future[Matrix] = asyncio.get_running_loop().create_future()
         self._waiting.append((list(texts), future))
         self._dispatch()
         try:  # a caller that stops waiting cancels only its own future, not the job it shares
             return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise JobTimeoutError(f"embed() of {len(texts)} texts not done after {timeout}s") from None
 
     async def aclose(self) -> None:
+        """Calls not yet sent and jobs in flight end with CancelledError for their callers."""
+        self._closed = True
+        while self._waiting:
+            self._waiting.popleft()[1].cancel()
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
 
     def _dispatch(self) -> None:
-        while self._waiting and len(self._running) < self.inflight:
+        while self._waiting and len(self._running) < self.inflight and not self._closed:
             task = asyncio.create_task(self._run(self._next_batch()))
             self._running.add(task)
             task.add_done_callback(self._finished)

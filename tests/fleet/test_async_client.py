@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from localfleet.fleet import LocalFleet
-from producer import EmbeddingClient, JobFailedError, JobNotFoundError
+from producer import EmbeddingClient, InvalidTextError, JobFailedError, JobNotFoundError
 from producer.async_client import AsyncEmbeddingClient
 from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
 
@@ -61,5 +61,15 @@ def test_async_cancel_and_unknown_job(fleet: LocalFleet) -> None:
                 await job.result()
             with pytest.raises(JobNotFoundError):
                 await aclient.job("no-such-job")
+
+    asyncio.run(run())
+
+
+def test_async_embed_refuses_what_is_not_a_list_of_texts(fleet: LocalFleet) -> None:
+    async def run() -> None:
+        async with AsyncEmbeddingClient(fleet.settings) as aclient:
+            for wrong in ("one string", {"a": 1}, (text for text in ["a"])):
+                with pytest.raises(InvalidTextError, match="must be a list of strings"):
+                    await aclient.embed(wrong)  # type: ignore[arg-type]
 
     asyncio.run(run())
