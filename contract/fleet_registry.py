@@ -77,9 +77,12 @@ class FleetRegistry:
         pipe.zadd(keys.builds_key(advert.model), {advert.fingerprint: now}, nx=True)
         pipe.execute()
 
-    def publish_tokenizer(self, artifact: str, tokenizer_json: bytes, ttl_s: int) -> None:
-        """The artifact's tokenizer, for producers that count tokens without the artifact (the gateway)."""
-        self.redis.set(keys.tokenizer_key(artifact), tokenizer_json, ex=ttl_s)
+    def keep_tokenizer(self, artifact: str, tokenizer_json: bytes, ttl_s: int) -> None:
+        """The artifact's tokenizer, for producers that count tokens without the artifact (the gateway):
+        its TTL renewed while a node serves it, written again only where it is missing."""
+        key = keys.tokenizer_key(artifact)
+        if not self.redis.expire(key, ttl_s):
+            self.redis.set(key, tokenizer_json, ex=ttl_s)
 
     def withdraw(self, advert: NodeAdvert) -> None:
         """Leave at once on warm shutdown, so producers stop choosing a build nobody serves."""

@@ -29,9 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contract import keys
 from contract.codec import Matrix
 from contract.fleet_registry import BuildAdvert
-from contract.jobs import JobState
+from contract.jobs import JobState, describe_positions
 from contract.lanes import Lane
-from contract.redis_connection import as_text, mask_url
+from contract.redis_connection import as_text, explain, mask_url
 from contract.settings import FleetSettings
 from producer.api_keys import authorized, load_keys
 from producer.async_client import AsyncEmbeddingClient
@@ -119,18 +119,22 @@ class Gateway:
             )
         return build
 
-    async def counter(self, build: BuildAdvert) -> TokenCounter | None:
-        """The build's tokenizer as its workers published it (None if none has yet)."""
+    async def counter(self, build: BuildAdvert) -> TokenCounter:
+        """The build's tokenizer as its workers publish it: usage and truncation are counted with it."""
         if build.artifact not in self._counters:
             raw = await self.client.redis.get(keys.tokenizer_key(build.artifact))
             if raw is None:
-                return None
+                raise GatewayError(
+                    503,
+                    "no worker has published the tokenizer yet: retry in a few seconds",
+                    kind="service_unavailable_error",
+                )
             self._counters[build.artifact] = TokenCounter.for_build(
                 build, as_text(raw), self.settings.max_text_chars
             )
         return self._counters[build.artifact]
 
-    async def texts_of(self, request: EmbeddingRequest, counter: TokenCounter | None) -> list[str]:
+    async def texts_of(self, request: EmbeddingRequest, counter: TokenCounter) -> list[str]:
         """The inputs as texts: token ids are decoded with the model's own tokenizer."""
         given = request.input
         if isinstance(given, str):
@@ -139,12 +143,6 @@ class Gateway:
             raise GatewayError(400, "input must not be empty", param="input")
         if all(isinstance(item, str) for item in given):
             return [str(item) for item in given]
-        if counter is None:
-            raise GatewayError(
-                503,
-                "no worker has published the tokenizer yet: retry in a few seconds",
-                kind="service_unavailable_error",
-            )
         if all(isinstance(item, int) for item in given):
             return [counter.decode(cast(list[int], given))]
         return [
@@ -162,25 +160,25 @@ class Gateway:
             )
         counter = await self.counter(build)
         texts = await self.texts_of(request, counter)
-        count = await asyncio.to_thread(counter.count, texts) if counter else None
-        if count and not request.truncate and any(count.truncated):
+        count = await asyncio.to_thread(counter.count, texts)
+        if not request.truncate and any(count.truncated):
             over = [index for index, flag in enumerate(count.truncated) if flag]
             raise GatewayError(
                 400,
-                f"inputs {over[:20]} are longer than the {build.max_tokens} tokens {request.model} reads; "
-                "send them with truncate=true to embed their start",
+                f"inputs {describe_positions(over)} are longer than the {build.max_tokens} tokens "
+                f"{request.model} reads; send them with truncate=true to embed their start",
                 param="input",
                 code="context_length_exceeded",
             )
         vectors = await self.client.embed(texts, timeout=self.settings.gateway_timeout_s)
-        truncated = count.truncated if count else [False] * len(texts)
-        tokens = count.total if count else 0
         data = [
             EmbeddingItem(index=i, embedding=_encode(row, request.encoding_format), truncated=cut)
-            for i, (row, cut) in enumerate(zip(vectors, truncated, strict=True))
+            for i, (row, cut) in enumerate(zip(vectors, count.truncated, strict=True))
         ]
         return EmbeddingResponse(
-            data=data, model=request.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+            data=data,
+            model=request.model,
+            usage=Usage(prompt_tokens=count.total, total_tokens=count.total),
         )
 
     async def result(self, job_id: str, as_npy: bool) -> Response:
@@ -300,6 +298,12 @@ def _add_handlers(app: FastAPI) -> None:
             (pair for cls, pair in STATUS_OF.items() if isinstance(exc, cls)), (500, "server_error")
         )
         return error_response(status, str(exc), kind)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:
+        return error_response(
+            503, f"the fleet's Redis is unavailable: {explain(exc)}", "service_unavailable_error"
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -42,10 +42,12 @@ class GatewayMetrics:
         route = next((known for known in ROUTES if path.startswith(known)), "other")
         started = time.perf_counter()
         statuses: list[int] = []
-        yield statuses.append
-        self.requests.labels(route, str(statuses[0] if statuses else 500)).observe(
-            time.perf_counter() - started
-        )
+        try:
+            yield statuses.append
+        finally:  # a request that raised is observed too, as a 500
+            self.requests.labels(route, str(statuses[0] if statuses else 500)).observe(
+                time.perf_counter() - started
+            )
 
     def submitted(self, cached: int, total: int) -> None:
         self.lookups.labels("hit").inc(cached)

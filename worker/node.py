@@ -1,9 +1,10 @@
 """The worker node's main process: who it is, and what it does beside consuming.
 
-Three duties, on one background thread so the consumer's event loop never waits on Redis:
-renew the node's heartbeat (the build advert producers read), take its turn at the reconciler,
-and leave the fleet at warm shutdown. Crash and revoke bookkeeping runs in the event loop itself
-(worker.requests, worker.app), on a client that fails fast instead of riding out an outage.
+Two duties on one background thread, so the consumer's event loop never waits on Redis: renew
+the node's heartbeat (the build advert producers read, and the tokenizer the gateway counts
+with) and take its turn at the reconciler. At warm shutdown the node leaves the fleet. Crash and
+revoke bookkeeping runs in the event loop itself (worker.requests, worker.app), on a client that
+fails fast instead of riding out an outage.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class WorkerNode:
     app: Celery
     advert: NodeAdvert = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _tokenizer_published: bool = False
     _metrics_served: bool = False
     _thread: threading.Thread | None = None
 
@@ -58,6 +58,7 @@ class WorkerNode:
             host=socket.gethostname(),
             pid=os.getpid(),
         )
+        self.tokenizer = (self.settings.model_dir / TOKENIZER_FILE).read_bytes()
         cache = connect(self.settings.cache_url, self.settings)
         self.registry = FleetRegistry(cache, self.settings.heartbeat_ttl_s)
         self.reconciler = Reconciler(self.app, cache, self.settings)
@@ -131,13 +132,12 @@ class WorkerNode:
 
     def _beat(self) -> None:
         try:
-            if not self._tokenizer_published:
-                tokenizer = (self.settings.model_dir / TOKENIZER_FILE).read_bytes()
-                self.registry.publish_tokenizer(self.advert.artifact, tokenizer, self.settings.job_ttl_s)
-                self._tokenizer_published = True
             self.registry.beat(self.advert)
+            self.registry.keep_tokenizer(self.advert.artifact, self.tokenizer, self.settings.job_ttl_s)
         except redis.RedisError as exc:
             log.warning("heartbeat of %s failed (retrying): %s", self.name, exc)
+        except Exception:  # the thread must outlive any one beat, or the node looks gone while it consumes
+            log.exception("heartbeat of %s failed (retrying)", self.name)
 
     def _reconcile_turn(self) -> None:
         try:

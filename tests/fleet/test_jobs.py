@@ -173,3 +173,11 @@ def test_a_chunk_of_a_vanished_job_is_skipped_and_its_batch_runs(
     for job in jobs:
         assert job.wait(timeout=JOB_TIMEOUT_S).done == 1
     _wait_for(lambda: "skipped: gone" in fleet.worker.log_text())
+
+
+def test_workers_publish_the_tokenizer_again_when_it_is_gone(client: EmbeddingClient) -> None:
+    key = keys.tokenizer_key(client.build().artifact)
+    assert client.redis.exists(key)
+    client.redis.delete(key)
+    _wait_for(lambda: bool(client.redis.exists(key)), timeout_s=10)
+    assert client.redis.ttl(key) > 0
