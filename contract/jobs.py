@@ -84,9 +84,6 @@ class ChunkPayload(BaseModel):
             raise ValueError("a text with no input position")
         return self
 
-    def position_count(self) -> int:
-        return sum(len(places) for places in self.positions)
-
     def flat_positions(self) -> list[int]:
         return sorted(position for places in self.positions for position in places)
 

@@ -120,9 +120,6 @@ class JobLedger:
         seconds, micros = self.redis.time()
         return float(seconds) + micros / 1e6
 
-    def claim(self, ref: ChunkRef, node: str, lease_s: float) -> Claim:
-        return self.claim_many([ref], node, lease_s)[0]
-
     def claim_many(self, refs: Sequence[ChunkRef], node: str, lease_s: float) -> list[Claim]:
         """Claim several chunks in one round trip (a worker batching small chunks together)."""
         pipe = self.redis.pipeline(transaction=False)

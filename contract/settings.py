@@ -40,8 +40,7 @@ class FleetSettings(BaseSettings):
     model_dir: Path = Path("artifacts/all-MiniLM-L6-v2")
     model_name: str = "all-MiniLM-L6-v2"
 
-    model_fingerprint: str = Field("", description="pin the fingerprint instead of asking the fleet")
-    model_dims: int = Field(0, ge=0, description="with model_fingerprint: the vector size")
+    model_fingerprint: str = Field("", description="submit only to the live build with this fingerprint")
 
     chunk_size: int = Field(
         128,

@@ -20,7 +20,6 @@ from producer.client import EmbeddingClient
 
 DEMO_PROCESSES = 2
 TOP_K = 3
-REDIS_PROBE_TIMEOUT_S = 1.0
 
 
 def run_corpus(client: EmbeddingClient, corpus: list[str]) -> np.ndarray:

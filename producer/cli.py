@@ -1,7 +1,7 @@
 """`python -m producer submit|status|fetch|cancel`: the fleet from a shell, with exit codes scripts can use.
 
-Exit codes: 0 done, 1 job failed, cancelled or lost, 2 bad usage or input, 3 job not found,
-4 timed out, 5 no live worker serves the model (or Redis is unreachable), 6 job still running.
+Exit codes: 0 done, 1 job failed, cancelled or lost, 2 bad usage or input (or Redis unreachable),
+3 job not found, 4 timed out, 5 no live worker serves the model, 6 job still running.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ TEXT_FIELD = "text"
 
 
 def read_texts(path: Path) -> list[str]:
-    """Every line is one text (empty lines too, so positions match line numbers)."""
+    """Every line is one text; in a text file empty lines too, so positions match line numbers (a
+    JSONL file skips blank lines: they hold no record)."""
     jsonl = path.suffix.lower() in JSONL_SUFFIXES
     texts: list[str] = []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):

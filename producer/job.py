@@ -67,7 +67,8 @@ class Job:
         return record
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> JobRecord:
-        """Block until the job ends or `timeout` passes; never longer, whatever fails meanwhile.
+        """Block until the job ends or `timeout` passes (checked between Redis calls: one call that
+        hangs on a dead connection can add up to EMBED_REDIS_SOCKET_TIMEOUT_S per retry).
 
         Rides out a Redis outage of EMBED_REDIS_OUTAGE_S; a job whose build has no live worker
         and that makes no progress for EMBED_STALL_TIMEOUT_S is ended failed, saying so.

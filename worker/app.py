@@ -86,7 +86,7 @@ def leave_fleet(**_: Any) -> None:
 
 
 @task_revoked.connect
-def count_revoked_chunk(request: Any = None, terminated: bool = False, **_: Any) -> None:
+def count_revoked_chunk(request: Any = None, **_: Any) -> None:
     """A chunk revoked from Flower or `celery control revoke` counts failed (cancelled): its job ends."""
     node = current_node()
     ref = ChunkRef.from_task_id(str(getattr(request, "id", "") or ""))

@@ -101,7 +101,7 @@ class SentenceEncoder:
         return cls(*parts, normalize)
 
     def warm_up(self) -> None:
-        """Run a small batch, then full batches at every power-of-two length up to the model's limit:
+        """Run a small batch, then full batches at the model's limit and at each halving of it:
         ORT's arena grows to its working size now, not an hour into a run as rare shapes arrive."""
         self.embed(list(WARMUP_TEXTS))
         length = self.tokenizer.max_seq_length

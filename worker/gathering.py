@@ -39,7 +39,7 @@ class QueueGatherer:
     def take(self, queue: str, own_texts: int) -> list[ChunkRef]:
         """Waiting small chunks of `queue` that fit beside a chunk of `own_texts` texts, removed from it.
 
-        None where the broker is not Redis, or where the task's own chunk is not small (its size
+        None ([]) where the broker is not Redis, or where the task's own chunk is not small (its size
         unknown, or already the whole budget).
         """
         budget = self.max_texts - own_texts
