@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from contract import broker_transport
+from contract.jobs import ChunkRef
 from contract.redis_connection import REDIS_SCHEMES, TLS_SCHEME, tls_options
 from contract.settings import FleetSettings
 
@@ -14,6 +15,11 @@ EMBED_TASK = "embedfleet.embed_chunk"
 SOFT_LIMIT_MARGIN_S = 10
 SOFT_SHUTDOWN_S = 30
 VISIBILITY_TO_TIME_LIMIT = 4
+
+
+def send_chunk(app: Celery, ref: ChunkRef, queue: str) -> None:
+    """Publish one chunk's task: its stable id, the summary monitoring shows, its size header."""
+    app.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
 
 
 def celery_config(settings: FleetSettings) -> dict[str, Any]:

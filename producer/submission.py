@@ -16,7 +16,7 @@ from celery import Celery
 from redis.client import Pipeline
 
 from contract import keys
-from contract.celery_config import EMBED_TASK
+from contract.celery_config import send_chunk
 from contract.fleet_registry import BuildAdvert
 from contract.jobs import ChunkRef, JobRecord, JobState, pack_digests
 from contract.lanes import Lane, lane_for, queue_name
@@ -134,7 +134,7 @@ def publish_chunks(celery: Celery, job: PreparedJob) -> None:
     queue = queue_name(record.model, record.fingerprint, record.lane)
     for sent, ref in enumerate(job.refs()):
         try:
-            celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
+            send_chunk(celery, ref, queue)
         except Exception as exc:
             raise PublishFailed(sent, exc) from exc
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery
 
-from contract.celery_config import EMBED_TASK
+from contract.celery_config import send_chunk
 from contract.fleet_registry import FleetRegistry, NodeAdvert
 from contract.jobs import ChunkRef
 from contract.ledger import JobLedger, failed_outcome
@@ -108,7 +108,7 @@ class WorkerNode:
             queue, carried = carried_by(self.fast_ledger.redis, carrier_task_id)
             for ref in carried:
                 self.fast_ledger.record_failure(ref, error)
-                self.app.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
+                send_chunk(self.app, ref, queue)
         except Exception as exc:  # the reconciler sends them again once their lease runs out
             log.warning("could not send back the chunks task %s carried: %s", carrier_task_id, exc)
 

@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 
 from contract import keys
-from contract.celery_config import EMBED_TASK
+from contract.celery_config import send_chunk
 from contract.fleet_registry import FleetRegistry
 from contract.jobs import ChunkRef, JobRecord, JobState, task_id_of
 from contract.lanes import Lane, queue_name
@@ -147,7 +147,7 @@ class Reconciler:
             report.lost.append(ref.task_id)
             return
         queue = queue_name(record.model, record.fingerprint, Lane(record.lane))
-        self.app.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, **ref.send_options())
+        send_chunk(self.app, ref, queue)
         report.resent.append(ref.task_id)
 
     def _queued_task_ids(self, queue: str) -> set[str] | None:

@@ -15,7 +15,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, Retry
 
-from contract.celery_config import EMBED_TASK
+from contract.celery_config import EMBED_TASK, send_chunk
 from contract.jobs import ChunkRef
 from contract.lanes import Lane, lane_of
 from worker.app import app
@@ -38,7 +38,7 @@ def embed_chunk(self: Task, **fields: object) -> str:
     carried: list[ChunkRef] = []
 
     def republish(chunk: ChunkRef) -> None:
-        app.send_task(EMBED_TASK, kwargs=chunk.to_kwargs(), queue=queue, **chunk.send_options())
+        send_chunk(app, chunk, queue)
 
     runner = ChunkRunner(runtime, node=self.request.hostname or "", republish=republish)
     try:
