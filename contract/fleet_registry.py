@@ -14,7 +14,7 @@ import redis
 
 from contract import keys
 from contract.lua_scripts import load_lua
-from contract.redis_connection import as_text
+from contract.redis_connection import as_text, server_time
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ class FleetRegistry:
         self.ttl_s = ttl_s
 
     def now(self) -> float:
-        seconds, micros = self.redis.time()
-        return float(seconds) + micros / 1e6
+        return server_time(self.redis)
 
     def beat(self, advert: NodeAdvert) -> None:
         """Renew this node's entry and its build's advert; also what re-advertises after a reconnect."""

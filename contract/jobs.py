@@ -198,3 +198,12 @@ FIELD_TYPES: dict[object, type] = {"int": int, "float": float, "str": str, "JobS
 def _record_parsers() -> dict[str, type]:
     """Field annotations are strings here (postponed evaluation); Redis gives every value as text."""
     return {spec.name: FIELD_TYPES.get(spec.type, str) for spec in fields(JobRecord)}
+
+
+def stall_error(record: JobRecord, stall_timeout_s: float) -> str:
+    """Why a job that no live worker served was ended: the reconciler and a waiting client say the same."""
+    return (
+        f"no live worker served build {record.fingerprint} of {record.model} for {stall_timeout_s:.0f} s: "
+        "start workers of that build (`celery -A worker worker` with its artifact), then call "
+        "job.resume() or resubmit the texts"
+    )

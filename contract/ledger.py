@@ -19,7 +19,7 @@ from redis.typing import EncodableT
 from contract import keys
 from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, describe_positions, pack_positions
 from contract.lua_scripts import load_lua
-from contract.redis_connection import as_bytes, as_text
+from contract.redis_connection import as_bytes, as_text, server_time
 
 
 class ClaimStatus(str, Enum):
@@ -117,8 +117,7 @@ class JobLedger:
 
     def server_time(self) -> float:
         """Redis' clock: every host compares progress times against the same one."""
-        seconds, micros = self.redis.time()
-        return float(seconds) + micros / 1e6
+        return server_time(self.redis)
 
     def claim_many(self, refs: Sequence[ChunkRef], node: str, lease_s: float) -> list[Claim]:
         """Claim several chunks in one round trip (a worker batching small chunks together)."""

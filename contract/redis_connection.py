@@ -56,6 +56,19 @@ def connect(url: str, settings: FleetSettings, outage_s: float | None = None) ->
     return redis.Redis.from_url(url, retry=retry, **client_options(url, settings))
 
 
+def server_time(client: redis.Redis) -> float:
+    """Redis' clock in seconds, so every host measures ages against the same one."""
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1e6
+
+
+def broker_client(settings: FleetSettings, cache: redis.Redis) -> redis.Redis | None:
+    """A client of the broker's Redis (the cache's own where they are one server); None for AMQP."""
+    if not settings.broker_url.startswith(REDIS_SCHEMES):
+        return None
+    return cache if settings.broker_url == settings.cache_url else connect(settings.broker_url, settings)
+
+
 def client_options(url: str, settings: FleetSettings) -> dict[str, Any]:
     """Timeouts, keepalive, retried errors and TLS shared by the sync and asyncio clients."""
     return {

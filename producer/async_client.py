@@ -20,7 +20,7 @@ from contract import keys
 from contract.celery_config import make_celery
 from contract.codec import Matrix, encode_vector
 from contract.fleet_registry import BuildAdvert, live_builds_call, parse_live_builds
-from contract.jobs import JobRecord, JobState, unpack_digests, unpack_positions
+from contract.jobs import JobRecord, JobState, stall_error, unpack_digests, unpack_positions
 from contract.lanes import Lane
 from contract.ledger import end_job_call
 from contract.lua_scripts import load_lua
@@ -30,7 +30,9 @@ from contract.vector_cache import VectorCache
 from producer.coalescing import AsyncEmbedCoalescer
 from producer.errors import JobLostError, JobTimeoutError, RedisUnavailableError, ResultIncompleteError
 from producer.job_rules import (
+    CALL_RETRY_S,
     CANCELLED_ERROR,
+    OUTAGE_BACKOFF_S,
     Missing,
     StallClock,
     assemble,
@@ -39,7 +41,6 @@ from producer.job_rules import (
     no_texts,
     outage,
     pause_s,
-    stall_error,
 )
 from producer.planning import clip_texts, plan_job, validate_texts
 from producer.submission import (
@@ -52,9 +53,6 @@ from producer.submission import (
     queue_store,
     queue_withdraw,
 )
-
-CALL_RETRY_S = 1.0
-OUTAGE_BACKOFF_S = 0.5
 
 
 class AsyncEmbeddingClient:
@@ -271,7 +269,8 @@ class AsyncJob:
         if await self.client.live_nodes(record.model, record.fingerprint):
             return False
         bound = await self.client.server_time() - settings.stall_timeout_s
-        return await self.client.end_job(self.id, JobState.FAILED, stall_error(record, settings), bound) != 0
+        error = stall_error(record, settings.stall_timeout_s)
+        return await self.client.end_job(self.id, JobState.FAILED, error, bound) != 0
 
     async def _fetch(self, record: JobRecord) -> list[bytes | None]:
         digests = await self._digests(record)

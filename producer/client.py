@@ -22,6 +22,7 @@ from contract.vector_cache import VectorCache
 from producer.coalescing import EmbedCoalescer
 from producer.errors import RedisUnavailableError
 from producer.job import Job
+from producer.job_rules import CALL_RETRY_S
 from producer.planning import clip_texts, plan_job, validate_texts
 from producer.submission import (
     PreparedJob,
@@ -36,7 +37,6 @@ from producer.submission import (
 
 # A blip (a failover, a dropped connection) is retried this long inside one call; wait() rides out
 # longer outages itself (EMBED_REDIS_OUTAGE_S), and submit() fails fast so a request never hangs.
-CALL_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)

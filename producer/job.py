@@ -11,12 +11,13 @@ from tqdm import tqdm
 
 from contract import keys
 from contract.codec import Matrix, encode_vector
-from contract.jobs import JobRecord, JobState, unpack_digests, unpack_positions
+from contract.jobs import JobRecord, JobState, stall_error, unpack_digests, unpack_positions
 from contract.lanes import Lane
 from contract.redis_connection import as_bytes
 from producer.errors import JobLostError, JobTimeoutError, ResultIncompleteError
 from producer.job_rules import (
     CANCELLED_ERROR,
+    OUTAGE_BACKOFF_S,
     Missing,
     StallClock,
     assemble,
@@ -25,14 +26,11 @@ from producer.job_rules import (
     no_texts,
     outage,
     pause_s,
-    stall_error,
 )
 from producer.planning import clip_texts, plan_job
 
 if TYPE_CHECKING:
     from producer.client import EmbeddingClient
-
-OUTAGE_BACKOFF_S = 0.5
 
 
 class Job:
@@ -153,7 +151,8 @@ class Job:
         if client.registry.live_nodes(record.model, record.fingerprint):
             return False
         bound = client.ledger.server_time() - settings.stall_timeout_s
-        return client.ledger.end_job(self.id, JobState.FAILED, stall_error(record, settings), bound) != 0
+        error = stall_error(record, settings.stall_timeout_s)
+        return client.ledger.end_job(self.id, JobState.FAILED, error, bound) != 0
 
     def _digests(self, record: JobRecord) -> list[str]:
         if self._digests_known is not None:

@@ -27,6 +27,8 @@ from producer.errors import (
 
 Missing = Literal["raise", "mask", "recompute"]
 CANCELLED_ERROR = "cancelled by its caller"
+CALL_RETRY_S = 1.0  # a client call rides out a blip this long; wait() rides out EMBED_REDIS_OUTAGE_S
+OUTAGE_BACKOFF_S = 0.5
 
 
 def missing_record(job_id: str, seen: bool, settings: FleetSettings) -> EmbedFleetError:
@@ -80,13 +82,6 @@ def no_texts(job_id: str, absent: int = 0) -> EmbedFleetError:
         else f"job {job_id} was re-attached by id, so this Job"
     )
     return ResultIncompleteError(f"{what} holds no texts: pass them (job.resume(texts)) or resubmit them")
-
-
-def stall_error(record: JobRecord, settings: FleetSettings) -> str:
-    return (
-        f"no live worker served build {record.fingerprint} of {record.model} for "
-        f"{settings.stall_timeout_s:.0f} s: start workers, then job.resume()"
-    )
 
 
 def wait_timeout(record: JobRecord, timeout: float | None) -> JobTimeoutError:

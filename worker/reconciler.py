@@ -22,10 +22,10 @@ from celery import Celery
 from contract import keys
 from contract.celery_config import send_chunk
 from contract.fleet_registry import FleetRegistry
-from contract.jobs import ChunkRef, JobRecord, JobState, task_id_of
+from contract.jobs import ChunkRef, JobRecord, JobState, stall_error, task_id_of
 from contract.lanes import Lane, queue_name
 from contract.ledger import JobLedger, failed_outcome
-from contract.redis_connection import REDIS_SCHEMES, as_text, connect
+from contract.redis_connection import as_text, broker_client
 from contract.settings import FleetSettings
 
 QUEUE_PAGE = 1_000
@@ -58,7 +58,7 @@ class Reconciler:
         self.settings = settings
         self.ledger = JobLedger(cache)
         self.registry = FleetRegistry(cache, settings.heartbeat_ttl_s)
-        self.broker = self._broker_client(cache)
+        self.broker = broker_client(settings, cache)
 
     def take_turn(self, node: str) -> bool:
         """True when this node holds the sweep lock for this interval."""
@@ -101,11 +101,7 @@ class Reconciler:
         last = max(record.updated, record.created)
         if now - last < self.settings.stall_timeout_s:
             return
-        error = (
-            f"no live worker served build {record.fingerprint} of {record.model} for "
-            f"{self.settings.stall_timeout_s:.0f} s: start workers of that build (`celery -A worker "
-            "worker` with its artifact) and resubmit the job"
-        )
+        error = stall_error(record, self.settings.stall_timeout_s)
         if self.ledger.end_job(record.id, JobState.FAILED, error, now - self.settings.stall_timeout_s) == 1:
             report.stalled.append(record.id)
 
@@ -162,9 +158,3 @@ class Reconciler:
                 if task_id:
                     found.add(task_id)
         return found
-
-    def _broker_client(self, cache: redis.Redis) -> redis.Redis | None:
-        url = self.settings.broker_url
-        if not url.startswith(REDIS_SCHEMES):
-            return None
-        return cache if url == self.settings.cache_url else connect(url, self.settings)

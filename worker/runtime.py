@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis
 
 from contract.ledger import JobLedger
-from contract.redis_connection import REDIS_SCHEMES, connect
+from contract.redis_connection import broker_client, connect
 from contract.settings import FleetSettings, get_settings
 from contract.vector_cache import VectorCache
 from worker.engine import EmbeddingEngine
@@ -42,13 +42,7 @@ def open_runtime(settings: FleetSettings | None = None) -> ProcessRuntime:
         engine = EmbeddingEngine(settings.model_dir, settings)
         engine.warm_up()
         client = connect(settings.cache_url, settings)
-        broker = None
-        if settings.broker_url.startswith(REDIS_SCHEMES):
-            broker = (
-                client
-                if settings.broker_url == settings.cache_url
-                else connect(settings.broker_url, settings)
-            )
+        broker = broker_client(settings, client)
         _runtime = ProcessRuntime(
             settings,
             engine,
