@@ -21,6 +21,8 @@ from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, describe_
 from contract.lua_scripts import load_lua
 from contract.redis_connection import as_bytes, as_text, server_time
 
+NO_SUCH_KEY = -2  # what TTL answers for a key that does not exist
+
 
 class ClaimStatus(str, Enum):
     GONE = "gone"
@@ -150,8 +152,10 @@ class JobLedger:
         pipe.hset(key, f"error:{ref.chunk}", error)
         pipe.ttl(keys.job_key(ref.job_id))
         failures, _, ttl = pipe.execute()
-        if ttl and int(ttl) > 0:
+        if int(ttl) > 0:
             self.redis.expire(key, int(ttl))
+        elif int(ttl) == NO_SUCH_KEY:  # the job is gone: leave nothing behind that never expires
+            self.redis.delete(key)
         return int(failures)
 
     def complete(self, ref: ChunkRef, outcome: ChunkOutcome) -> int:

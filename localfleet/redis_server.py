@@ -96,18 +96,19 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = (self.workdir / "redis.log").open("ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        with (self.workdir / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
-                if self.client().ping():
-                    return self
+                with self.client() as probe:
+                    if probe.ping():
+                        return self
             except redis.ConnectionError:
                 time.sleep(PROBE_S)
             except redis.ResponseError:  # LOADING: still replaying its AOF
                 time.sleep(PROBE_S)
-        self.process.kill()
+        self._signal(signal.SIGKILL)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
     def stop(self) -> None:

@@ -7,8 +7,10 @@ interactive first, and advertises the build while its consumer runs (worker.node
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from typing import Any, ClassVar
 
@@ -28,14 +30,23 @@ log = logging.getLogger(__name__)
 EXIT_NO_ARTIFACT = 3
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+
+def _remove_metrics_dir(owner: int, directory: str) -> None:
+    if os.getpid() == owner:  # the main process only: pool processes exit while it still serves
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 settings = get_settings()
 if settings.metrics_port:  # pool processes count into files that the main process adds up
-    os.environ.setdefault(METRICS_DIR_ENV, tempfile.mkdtemp(prefix="embedfleet-metrics-"))
+    if METRICS_DIR_ENV not in os.environ:
+        os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="embedfleet-metrics-")
+        atexit.register(_remove_metrics_dir, os.getpid(), os.environ[METRICS_DIR_ENV])
     from prometheus_client import values
 
     # prometheus_client picks its value class when first imported, which Flower's `celery` CLI plugin
     # may have done before this module ran; pick again now that the directory is set.
     values.ValueClass = values.get_value_class()
+
 app = make_celery(settings, main="worker")
 app.conf.include = ["worker.tasks"]
 
