@@ -16,6 +16,8 @@ from contract import keys
 from contract.lua_scripts import load_lua
 from contract.redis_connection import as_text, server_time
 
+LIVE_BUILD_FIELDS = 8  # fields per build in live_builds.lua's reply
+
 
 @dataclass(frozen=True)
 class BuildAdvert:
@@ -110,7 +112,7 @@ def live_builds_call(model: str) -> tuple[list[str], list[str]]:
 
 def parse_live_builds(model: str, reply: list[object]) -> list[BuildAdvert]:
     fields = [as_text(value) for value in reply]
-    rows = zip(*[iter(fields)] * 8, strict=True)
+    rows = zip(*[iter(fields)] * LIVE_BUILD_FIELDS, strict=True)
     return [
         BuildAdvert(
             model, fp, artifact, int(dims), float(since), int(nodes), int(processes), name, int(tokens)

@@ -15,6 +15,7 @@ from contract.cpu_features import has_int8_dot
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 HASH_BLOCK_BYTES = 1 << 20
+FINGERPRINT_HEX_CHARS = 16  # 64 bits of sha256: queue names stay short, collisions stay out of reach
 
 QuantFormat = Literal["static-int8", "dynamic-int8", "fp32", "fp16"]
 OptLevel = Literal["all", "extended", "basic", "disable"]
@@ -62,7 +63,7 @@ class Manifest(BaseModel):
             str(self.normalize),
             str(self.max_seq_length),
         ]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:FINGERPRINT_HEX_CHARS]
 
     def serving_fingerprint(self, cpu_flags: Iterable[str]) -> str:
         """The fingerprint a worker on this CPU serves: for int8 builds it adds the kernel path.
@@ -74,7 +75,7 @@ class Manifest(BaseModel):
         if not self.quantization.format.endswith("int8"):
             return self.fingerprint
         kernel = "int8-dot" if has_int8_dot(cpu_flags) else "no-int8-dot"
-        return hashlib.sha256(f"{self.fingerprint}|{kernel}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{self.fingerprint}|{kernel}".encode()).hexdigest()[:FINGERPRINT_HEX_CHARS]
 
 
 def sha256_of(path: Path) -> str:

@@ -21,6 +21,7 @@ from producer.client import EmbeddingClient
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.2
+LOG_TAIL_CHARS = 3_000
 ENGINE_READY_LINE = "engine ready"
 READY_SUFFIX = " ready."
 
@@ -65,6 +66,9 @@ class WorkerNode:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def log_tail(self) -> str:
+        return self.log_text()[-LOG_TAIL_CHARS:]
 
 
 @dataclass
@@ -127,12 +131,12 @@ class LocalFleet:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not node.alive():
-                raise RuntimeError(f"worker {node.name} exited; its log ends:\n{node.log_text()[-3000:]}")
+                raise RuntimeError(f"worker {node.name} exited; its log ends:\n{node.log_tail()}")
             text = node.log_text()
             if text.count(ENGINE_READY_LINE) >= processes and f"{node.name}{READY_SUFFIX}" in text:
                 return
             time.sleep(POLL_S)
-        raise RuntimeError(f"worker {node.name} not ready after {timeout_s}s:\n{node.log_text()[-3000:]}")
+        raise RuntimeError(f"worker {node.name} not ready after {timeout_s}s:\n{node.log_tail()}")
 
     def stop(self) -> None:
         if self.flower is not None and self.flower.poll() is None:

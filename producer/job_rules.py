@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from contract.codec import Matrix, decode_vectors
+from contract.codec import VECTOR_DTYPE, Matrix, decode_vectors
 from contract.jobs import JobRecord, JobState, describe_positions
 from contract.redis_connection import mask_url
 from contract.settings import FleetSettings
@@ -65,7 +65,8 @@ def assemble(record: JobRecord, blobs: list[bytes | None], missing: Missing) -> 
             "result(missing='recompute') on the Job that submit() returned, or resubmit the texts",
             absent,
         )
-    vectors = decode_vectors([blob or bytes(4 * record.dims) for blob in blobs], record.dims)
+    empty = bytes(VECTOR_DTYPE.itemsize * record.dims)  # a masked row's placeholder
+    vectors = decode_vectors([blob or empty for blob in blobs], record.dims)
     if vectors.shape[0] != record.total:
         raise EmbedFleetError(f"job {record.id}: {vectors.shape[0]} rows for {record.total} inputs")
     if missing != "mask":

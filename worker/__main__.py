@@ -17,6 +17,8 @@ from contract.settings import FleetSettings, get_settings
 from worker.app import app
 from worker.reconciler import Reconciler
 
+EXIT_UNREACHABLE = 2  # as the producer CLI: Redis could not be reached
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
@@ -34,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = Reconciler(app, connect(settings.cache_url, settings), settings).sweep(args.job_ids or None)
     except redis.RedisError as exc:
         print(f"error: Redis at {mask_url(settings.cache_url)} unreachable: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_UNREACHABLE
     print(report)
     return 0
 

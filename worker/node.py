@@ -31,6 +31,7 @@ from worker.reconciler import Reconciler
 log = logging.getLogger(__name__)
 
 FAST_FAIL_OUTAGE_S = 0.0
+JOIN_BEATS = 2  # at stop, wait this many heartbeat intervals for a beat or sweep in progress
 
 
 @dataclass
@@ -85,7 +86,7 @@ class WorkerNode:
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
-            self._thread.join(self.settings.heartbeat_interval_s * 2)
+            self._thread.join(self.settings.heartbeat_interval_s * JOIN_BEATS)
 
     def leave(self) -> None:
         """Warm shutdown: stop beating and withdraw, so producers stop choosing this node at once."""

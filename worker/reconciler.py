@@ -30,6 +30,7 @@ from contract.settings import FleetSettings
 
 QUEUE_PAGE = 1_000
 LOCK_SHARE_OF_INTERVAL = 0.9
+SHOWN_IDS = 5  # ids a sweep's log line names; the counts say how many in all
 
 
 @dataclass
@@ -46,8 +47,9 @@ class SweepReport:
 
     def __str__(self) -> str:
         return (
-            f"{self.jobs} running jobs swept: {len(self.resent)} chunks sent again {self.resent[:5]}, "
-            f"{len(self.lost)} chunks lost, {len(self.stalled)} jobs stalled {self.stalled[:5]}, "
+            f"{self.jobs} running jobs swept: "
+            f"{len(self.resent)} chunks sent again {self.resent[:SHOWN_IDS]}, "
+            f"{len(self.lost)} chunks lost, {len(self.stalled)} jobs stalled {self.stalled[:SHOWN_IDS]}, "
             f"{self.forgotten} records gone"
         )
 
