@@ -45,18 +45,19 @@ class Phase:
     latencies_s: list[float] = field(default_factory=list)
     note: str = ""
 
-    def percentile(self, share: float) -> float:
+    def percentile(self, share: float) -> str:
+        """A latency cell in ms; a bulk row, timed as a whole, has none."""
         ordered = sorted(self.latencies_s)
         if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * MS
+            return "—"
+        return f"{ordered[min(len(ordered) - 1, int(share * len(ordered)))] * MS:.1f}"
 
     def row(self, bulk_rate: float) -> str:
         rate = self.texts / self.seconds
         return (
             f"| {self.name} | {self.jobs:,} | {self.jobs / self.seconds:,.0f} | {rate:,.0f} | "
-            f"{rate / bulk_rate:.0%} | {self.percentile(0.50):.1f} | {self.percentile(0.95):.1f} | "
-            f"{self.percentile(0.99):.1f} | {self.note} |"
+            f"{rate / bulk_rate:.0%} | {self.percentile(0.50)} | {self.percentile(0.95)} | "
+            f"{self.percentile(0.99)} | {self.note} |"
         )
 
 

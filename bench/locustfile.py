@@ -1,9 +1,8 @@
 """Load on the gateway's /v1/embeddings, as many web clients would send it (locust).
 
-    .venv/bin/pip install locust
-    python -m producer serve --port 8000 &      # against a running fleet
-    .venv/bin/locust -f bench/locustfile.py --headless -u 32 -r 8 -t 60s --host http://127.0.0.1:8000 \\
-        --csv bench/out/locust
+    .venv/bin/python bench/locust_fleet.py --users 32 --seconds 60   # private fleet + gateway + locust
+    .venv/bin/locust -f bench/locustfile.py --headless -u 32 -r 8 -t 60s --host http://127.0.0.1:8000
+        # against a gateway you started (`python -m producer serve --port 8000`)
 
 Each user sends 1-text requests (a search box) and now and then 16 texts (a document's chunks);
 every text is new, so nothing is served from the cache. EMBED_API_KEYS, if the gateway has keys,
