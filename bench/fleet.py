@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -61,6 +62,7 @@ def bench_settings(
 ) -> tuple[FleetSettings, dict[str, str]]:
     """A private redis-server (stopped with `stack`) and the layout every bench runs: `processes`
     prefork processes x 1 intra-op thread per node."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a bench killed with SIGTERM still stops its fleet
     server = start_redis(workdir)
     stack.callback(server.stop)
     return fleet_env(
@@ -73,6 +75,10 @@ def bench_settings(
             **(extra or {}),
         }
     )
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the ExitStacks: workers, Flower and redis-server stop
 
 
 def start_bench_fleet(
