@@ -4,8 +4,8 @@ A worker batches only the chunk it was sent, and producers sort texts by charact
 no tokenizer), so padding depends on the chunk size and on where the batcher cuts. Prints
 (1) the fit of one `session.run` to a + b x padded tokens, which sets EMBED_RUN_OVERHEAD_TOKENS;
 (2) padded vs real tokens and in-process sentences/s per chunk size, cutting batches as the
-worker does now (`--overhead-tokens`) and as it did before (fewest runs: one full batch after
-another), interleaved over rounds.
+worker does (`--overhead-tokens`) and by fewest runs (one full batch after another), interleaved
+over rounds.
 
     .venv/bin/python bench/chunk_batching.py [--n 4000 --threads 1 --chunks 64 256 0 --rounds 2]
 """
@@ -26,7 +26,7 @@ from worker.batching import TokenBudgetBatcher
 from worker.engine import EmbeddingEngine
 from worker.tokenization import TokenBatch
 
-FEWEST_RUNS = 10**9  # an overhead so large that the partition packs full batches, as before
+FEWEST_RUNS = 10**9  # an overhead so large that the partition packs full batches
 PROBE_LENGTHS = (12, 24)
 PROBE_SIZES = (4, 8, 16, 32, 64)
 PROBE_TOKENS_PER_POINT = 2000
@@ -85,7 +85,7 @@ def main() -> None:
     )
     encodings, _ = engine.tokenizer.encode(texts)
     lengths = [len(encoding.ids) for encoding in encodings]
-    cuts = {"partition": args.overhead_tokens, "fewest runs (before)": FEWEST_RUNS}
+    cuts = {"partition": args.overhead_tokens, "fewest runs": FEWEST_RUNS}
     rows = [(chunk or len(texts), name, overhead) for chunk in args.chunks for name, overhead in cuts.items()]
     seconds = {row: 0.0 for row in rows}
     for _ in range(args.rounds):
