@@ -1,17 +1,25 @@
-"""kombu's Redis transport, guarded against entries of a queue that are not kombu messages.
+"""kombu's Redis transport as the fleet runs it: guarded against queue entries that are not kombu
+messages, and one client object per channel.
 
 A Redis list takes anything LPUSHed to it: a buggy producer, or anyone allowed to enqueue, can put
 text that is not a kombu message in a lane. kombu's consumer raises on such an entry, Celery takes
 that for a lost broker connection and restarts its consumer; a burst of them (the fault drills'
 fuzz) crashed a worker's prefork pool. Here the entry, already popped, is dropped with an error
 in the log (not its content: it may hold user text), and the consumer carries on.
+
+kombu also builds a new redis.Redis (its ~170 response callbacks) for every publish, queue-length
+read and ack outside the event loop: ~0.2 ms of CPU each, where a 1-text job costs its client
+about 3 ms in all. The channel keeps one instead, on the same connection pool.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import redis
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
@@ -20,6 +28,18 @@ MALFORMED = (ValueError, TypeError, KeyError, AttributeError)
 
 
 class GuardedChannel(kombu_redis.Channel):
+    _sync_client: redis.Redis | None = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
+        if client:
+            yield client
+            return
+        pool = self.pool  # a new pool after a fork or a disconnect: then a new client for it
+        if self._sync_client is None or self._sync_client.connection_pool is not pool:
+            self._sync_client = self._create_client()
+        yield self._sync_client
+
     def _brpop_read(self, **options: Any) -> bool:
         try:
             return bool(super()._brpop_read(**options))
