@@ -72,7 +72,7 @@ from contract import broker_transport
 from contract.celery_config import celery_config
 from contract.codec import Matrix
 from contract.settings import FleetSettings, get_settings
-from localfleet.fleet import ENGINE_READY_LINE, POLL_S, READY_SUFFIX, READY_TIMEOUT_S, WorkerNode, fleet_env
+from localfleet.fleet import ENGINE_READY_LINE, WorkerNode, fleet_env
 from localfleet.redis_server import start_redis
 from worker.engine import EmbeddingEngine
 
@@ -242,21 +242,8 @@ def start_batches_worker(
         process = subprocess.Popen(command, cwd=BENCH_DIR, env=worker_env, stdout=sink, stderr=sink)
     node = WorkerNode(name, log, process)
     stack.callback(node.stop, WORKER_STOP_S)
-    wait_ready(node)
+    node.wait_ready(PROCESSES)
     return node
-
-
-def wait_ready(node: WorkerNode, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Ready as LocalFleet.wait_ready: every pool child's engine open and the consumer running."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not node.alive():
-            raise RuntimeError(f"worker {node.name} exited; its log ends:\n{node.log_tail()}")
-        text = node.log_text()
-        if text.count(ENGINE_READY_LINE) >= PROCESSES and f"{node.name}{READY_SUFFIX}" in text:
-            return
-        time.sleep(POLL_S)
-    raise RuntimeError(f"worker {node.name} not ready after {timeout_s}s:\n{node.log_tail()}")
 
 
 def batches_label(args: argparse.Namespace) -> str:

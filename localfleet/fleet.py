@@ -70,6 +70,18 @@ class WorkerNode:
     def log_tail(self) -> str:
         return self.log_text()[-LOG_TAIL_CHARS:]
 
+    def wait_ready(self, processes: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Ready when every pool child has opened its engine and the consumer runs."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"worker {self.name} exited; its log ends:\n{self.log_tail()}")
+            text = self.log_text()
+            if text.count(ENGINE_READY_LINE) >= processes and f"{self.name}{READY_SUFFIX}" in text:
+                return
+            time.sleep(POLL_S)
+        raise RuntimeError(f"worker {self.name} not ready after {timeout_s}s:\n{self.log_tail()}")
+
 
 @dataclass
 class LocalFleet:
@@ -117,7 +129,7 @@ class LocalFleet:
         node = WorkerNode(name, log, self._spawn(command, log, env or {}))
         self.nodes.append(node)
         if wait:
-            self.wait_ready(node, concurrency or self.settings.processes())
+            node.wait_ready(concurrency or self.settings.processes())
         return node
 
     def client(self, **overrides: object) -> EmbeddingClient:
@@ -125,18 +137,6 @@ class LocalFleet:
 
     def children(self) -> list[int]:
         return self.worker.children()
-
-    def wait_ready(self, node: WorkerNode, processes: int, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Ready when every pool child has opened its engine and the consumer runs."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not node.alive():
-                raise RuntimeError(f"worker {node.name} exited; its log ends:\n{node.log_tail()}")
-            text = node.log_text()
-            if text.count(ENGINE_READY_LINE) >= processes and f"{node.name}{READY_SUFFIX}" in text:
-                return
-            time.sleep(POLL_S)
-        raise RuntimeError(f"worker {node.name} not ready after {timeout_s}s:\n{node.log_tail()}")
 
     def stop(self) -> None:
         if self.flower is not None and self.flower.poll() is None:
