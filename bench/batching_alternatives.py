@@ -66,11 +66,12 @@ from celery import Celery
 from celery.signals import celeryd_init, task_revoked, worker_process_init, worker_shutdown
 from celery_batches import Batches, SimpleRequest
 from fleet import ROOT, bench_sentences, cpu_model, publish, start_bench_fleet
-from load import Phase, TextSource, bulk_alone, render, run_clients
+from load import MS, Phase, TextSource, bulk_alone, render, run_clients
 
 from contract import broker_transport
 from contract.celery_config import celery_config
-from contract.codec import Matrix
+from contract.codec import VECTOR_DTYPE, Matrix
+from contract.redis_connection import as_text
 from contract.settings import FleetSettings, get_settings
 from localfleet.fleet import ENGINE_READY_LINE, WorkerNode, fleet_env
 from localfleet.redis_server import start_redis
@@ -83,8 +84,6 @@ SENTENCES = 8_000
 WARMUP_TEXTS = 64
 JOB_TIMEOUT_S = 60.0
 WORKER_STOP_S = 30.0
-MS = 1_000.0
-VECTOR_DTYPE = "<f4"
 BATCH_TASK = "embedfleet.bench.embed_batch"
 BATCHES_QUEUE = "embedfleet-bench-batches"
 STATS_KEY = "embedfleet-bench:batches"
@@ -197,7 +196,7 @@ class BatchesFleet:
         self.stats.delete(STATS_KEY)
 
     def stats_note(self) -> str:
-        counts = {key.decode(): int(value) for key, value in self.stats.hgetall(STATS_KEY).items()}
+        counts = {as_text(key): int(value) for key, value in self.stats.hgetall(STATS_KEY).items()}
         batches = counts.get("batches", 0)
         return f"; {counts.get('texts', 0) / max(1, batches):.1f} texts a batch on average ({batches:,})"
 

@@ -77,8 +77,16 @@ def bench_settings(
     )
 
 
+_BENCH_PID = os.getpid()
+
+
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds the ExitStacks: workers, Flower and redis-server stop
+    """Unwind the ExitStacks (workers, Flower, redis-server stop), once, and only in the bench's own
+    process: a forked engine process just ends."""
+    if os.getpid() != _BENCH_PID:
+        os._exit(128 + signum)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise SystemExit(128 + signum)
 
 
 def start_bench_fleet(

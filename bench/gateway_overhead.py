@@ -27,6 +27,7 @@ from localfleet.redis_server import free_port
 
 MS = 1_000.0
 MODEL = "all-MiniLM-L6-v2"
+GATEWAY_STOP_S = 30
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -55,6 +56,12 @@ def start_gateway(env: dict[str, str], port: int, log: Path) -> subprocess.Popen
     raise RuntimeError(log.read_text())
 
 
+def stop_gateway(process: subprocess.Popen[bytes]) -> None:
+    """Terminate and reap, before the fleet's redis-server goes."""
+    process.terminate()
+    process.wait(timeout=GATEWAY_STOP_S)
+
+
 def measure(requests: int, model_dir: Path, workdir: Path) -> tuple[list[float], list[float]]:
     texts = iter(f"{text} ({n})" for n, text in enumerate(bench_sentences(4_000) * 2))
     direct: list[float] = []
@@ -63,7 +70,7 @@ def measure(requests: int, model_dir: Path, workdir: Path) -> tuple[list[float],
         fleet = start_bench_fleet(stack, workdir, model_dir, processes=2)
         port = free_port()
         process = start_gateway(fleet.env, port, workdir / "gateway.log")
-        stack.callback(process.terminate)
+        stack.callback(stop_gateway, process)
         client = stack.enter_context(fleet.client())
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for _ in range(20):  # warm both paths

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from fleet import ROOT, cpu_model, publish, start_bench_fleet
-from gateway_overhead import start_gateway
+from gateway_overhead import start_gateway, stop_gateway
 
 from localfleet.redis_server import free_port
 
@@ -44,6 +44,8 @@ def run_locust(env: dict[str, str], port: int, users: int, seconds: int, prefix:
         "--csv",
         str(prefix),
         "--only-summary",
+        "--exit-code-on-error",
+        "0",  # failed requests are the table's to show, not a reason to lose it
     ]
     subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, check=True)
 
@@ -76,7 +78,7 @@ def main() -> None:
         fleet = start_bench_fleet(stack, workdir, args.model_dir.resolve(), processes=2)
         port = free_port()
         gateway = start_gateway(fleet.env, port, workdir / "gateway.log")
-        stack.callback(gateway.terminate)
+        stack.callback(stop_gateway, gateway)
         run_locust(fleet.env, port, args.users, args.seconds, workdir / "locust")
         report = render(workdir / "locust_stats.csv", args.users, args.seconds)
     publish(report, args.markdown)

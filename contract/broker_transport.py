@@ -40,6 +40,10 @@ class GuardedChannel(kombu_redis.Channel):
             self._sync_client = self._create_client()
         yield self._sync_client
 
+    def _disconnect_pools(self) -> None:
+        self._sync_client = None  # it holds the old pool; the next call builds one on the new pool
+        super()._disconnect_pools()
+
     def _brpop_read(self, **options: Any) -> bool:
         try:
             return bool(super()._brpop_read(**options))

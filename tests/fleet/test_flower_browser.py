@@ -32,7 +32,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from contract.celery_config import EMBED_TASK
 from contract.lanes import build_queues
-from localfleet.fleet import LocalFleet
+from localfleet.fleet import LOG_TAIL_CHARS, LocalFleet
 from localfleet.redis_server import free_port
 from producer import EmbeddingClient
 from tests.fleet.test_jobs import unique_texts
@@ -78,7 +78,7 @@ class Flower:
             return json.load(response)
 
     def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        return self.log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
 
     def stop(self) -> None:
         if self.process.poll() is None:
