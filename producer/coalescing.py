@@ -7,8 +7,9 @@ in flight for its embed() calls; calls that arrive while all slots are busy go t
 EMBED_COALESCE_MAX_TEXTS texts, into the next job (there is no timer: a call that finds a free
 slot leaves at once, so an idle fleet answers as fast as without coalescing). Each caller still
 gets exactly its own rows, and its own error: a failed text fails only the call it came from.
-`EmbedCoalescer` serves the thread-safe client with one sender thread, `AsyncEmbedCoalescer` the
-asyncio client on its event loop. docs/benchmarks.md measures both ways.
+`EmbedCoalescer` serves the thread-safe client with one sender thread (a call that finds a free
+slot and nobody waiting runs its job on its own thread: a single-threaded caller pays no hand-off),
+`AsyncEmbedCoalescer` the asyncio client on its event loop. docs/benchmarks.md measures both ways.
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ class EmbedCoalescer:
 
     def embed(self, texts: Sequence[str], timeout: float | None) -> Matrix:
         call = _Call(list(texts))
-        self._calls.put(call)
-        if not call.done.wait(timeout):
-            raise JobTimeoutError(f"embed() of {len(call.texts)} texts not done after {timeout}s")
+        if self._carry is None and self._calls.empty() and self._slots.acquire(blocking=False):
+            self._run([call], timeout)  # nobody to share with: no hand-off to the sender and back
+        else:
+            self._calls.put(call)
+            if not call.done.wait(timeout):
+                raise JobTimeoutError(f"embed() of {len(call.texts)} texts not done after {timeout}s")
         if call.error is not None:
             raise call.error
         assert call.vectors is not None
@@ -94,12 +98,12 @@ class EmbedCoalescer:
             batch.append(call)
             size += len(call.texts)
 
-    def _run(self, batch: list[_Call]) -> None:
+    def _run(self, batch: list[_Call], timeout: float | None = None) -> None:
         try:
             job = self.client.submit(
                 [text for call in batch for text in call.texts], priority=Lane.INTERACTIVE
             )
-            job.wait()
+            job.wait(timeout)
             outcomes = split_rows([len(call.texts) for call in batch], job.result(missing="mask"), job.id)
             for call, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, JobFailedError):
