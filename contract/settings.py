@@ -86,7 +86,12 @@ class FleetSettings(BaseSettings):
     )
     retry_delay_s: float = Field(2.0, ge=0)
     redis_socket_timeout_s: float = Field(10.0, gt=0)
-    redis_health_check_interval_s: int = Field(25, ge=0)
+    redis_health_check_interval_s: int = Field(
+        5,
+        gt=0,
+        description="PING an idle connection after this long; kombu drops a BRPOP without reply after "
+        "about twice this, so a worker rejoins within seconds of a healed network partition",
+    )
     redis_outage_s: float = Field(
         30.0, ge=0, description="how long a lost Redis connection is retried before the error surfaces"
     )

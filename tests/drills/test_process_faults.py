@@ -29,6 +29,7 @@ from tests.fleet.test_bad_input import run_cli_with
 pytestmark = pytest.mark.drill
 
 KILLS = 10
+POOL_CHILDREN = 2
 DEFAULTS = FleetSettings()
 
 
@@ -39,7 +40,9 @@ def test_pool_child_killed_ten_times(drill: Drill, drill_report: DrillReport) ->
         job = client.submit(drill_texts(20_000))
         for kill in range(KILLS):
             wait_until(lambda k=kill: progress(job) >= (k + 1) * 1_500, JOB_TIMEOUT_S)
-            os.kill(fleet.worker.children()[kill % 2], signal.SIGKILL)
+            # The pool forks a replacement a moment after a child dies; kill only once both are back.
+            wait_until(lambda: len(fleet.worker.children()) == POOL_CHILDREN, JOB_TIMEOUT_S)
+            os.kill(fleet.worker.children()[kill % POOL_CHILDREN], signal.SIGKILL)
         job.wait(timeout=JOB_TIMEOUT_S)
         verdict = verify(client, job)
     drill_report.add(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+from contract.settings import FleetSettings
 from localfleet.tcp_proxy import TcpProxy
 from producer import EmbeddingClient, FleetUnavailableError, JobLostError, ResultIncompleteError
 from tests.drills.conftest import (
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.drill
 NEW_JOB_DEADLINE_S = 30.0
 BLACKHOLE_S = 60.0
 RATE_WINDOW_S = 5.0
+IDLE_BLACKHOLE_S = 20.0
+IDLE_REJOIN_LIMIT_S = 15.0
 
 
 def first_new_job(client: EmbeddingClient, deadline_s: float = NEW_JOB_DEADLINE_S) -> float:
@@ -157,6 +160,32 @@ def test_blackhole_between_workers_and_redis(drill: Drill, drill_report: DrillRe
     )
     assert alive and baseline > 0
     assert recovery <= 45
+
+
+def test_idle_worker_rejoins_after_a_blackhole(drill: Drill, drill_report: DrillReport) -> None:
+    """An idle consumer always has a BRPOP in flight; the partition eats its reply, and the event loop
+    applies no socket timeout. kombu's watchdog drops it after about twice the health check interval."""
+    server = drill.redis()
+    with TcpProxy("127.0.0.1", server.port) as proxy:
+        fleet = drill.fleet(f"redis://127.0.0.1:{proxy.port}/0")
+        with fleet.client(broker_url=server.url, cache_url=server.url) as client:
+            client.embed(drill_texts(64), timeout=JOB_TIMEOUT_S)
+            proxy.blackhole()
+            time.sleep(IDLE_BLACKHOLE_S)
+            proxy.restore()
+            new_jobs = first_new_job(client)
+    interval = FleetSettings().redis_health_check_interval_s
+    drill_report.add(
+        DrillRow(
+            f"{IDLE_BLACKHOLE_S:.0f} s blackhole while the fleet is idle",
+            "—",
+            "—",
+            "—",
+            new_jobs,
+            f"a new job ran this long after the network healed (health check interval {interval} s)",
+        )
+    )
+    assert new_jobs <= IDLE_REJOIN_LIMIT_S
 
 
 def _tally(outcomes: dict[str, int]) -> str:
