@@ -34,6 +34,11 @@ def lane_for(texts_to_embed: int, interactive_max_texts: int, priority: Lane | N
     return Lane.INTERACTIVE if texts_to_embed <= interactive_max_texts else Lane.BULK
 
 
+def sibling_queue(queue: str, lane: Lane) -> str:
+    """The same build's queue of another lane."""
+    return f"{queue.rpartition('.')[0]}.{lane.value}"
+
+
 def lane_of(queue: str) -> Lane | None:
     """The lane a queue of the fleet carries, or None for any other queue."""
     prefix, _, lane = queue.rpartition(".")

@@ -53,6 +53,11 @@ class FleetSettings(BaseSettings):
     gather_max_texts: int = Field(
         64, ge=0, description="texts of waiting small chunks a worker process runs with its own (0 = none)"
     )
+    interject_max_texts: int = Field(
+        64,
+        ge=0,
+        description="texts of waiting interactive chunks a bulk task runs before each engine run (0 = none)",
+    )
     coalesce_max_texts: int = Field(
         64, ge=0, description="texts of concurrent embed() calls one client sends as one job (0 = never)"
     )

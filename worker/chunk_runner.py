@@ -104,9 +104,25 @@ class ChunkRunner:
     runtime: ProcessRuntime
     node: str
     republish: Republish | None = None
+    before_each_run: Callable[[], None] | None = None
 
     def run(self, ref: ChunkRef, carried: Sequence[ChunkRef] = ()) -> str:
         """Run the task's chunk and the chunks it carried; raise only for the task's own chunk."""
+        report, tally = self._measured_run(ref, carried)
+        if tally.own_failure:
+            raise ChunkFailedError(tally.own_failure)
+        if tally.own_retry:
+            raise RetryableChunkError(tally.own_retry)
+        return str(report)
+
+    def serve(self, refs: Sequence[ChunkRef]) -> BatchReport:
+        """Run chunks that have no task of their own in this process; one to retry is published again."""
+        report, tally = self._measured_run(refs[0], refs[1:])
+        if tally.own_retry and self.republish is not None:
+            self.republish(refs[0])
+        return report
+
+    def _measured_run(self, ref: ChunkRef, carried: Sequence[ChunkRef]) -> tuple[BatchReport, _Tally]:
         with metrics.CHUNK_SECONDS.time():
             report, tally = self._run(ref, carried)
         metrics.CHUNKS.labels("skipped").inc(len(report.skipped))
@@ -114,11 +130,7 @@ class ChunkRunner:
         metrics.CHUNKS.labels("done").inc(report.chunks - report.failed - len(report.skipped))
         metrics.TEXTS.labels("embedded").inc(report.embedded)
         metrics.TEXTS.labels("cached").inc(report.cached)
-        if tally.own_failure:
-            raise ChunkFailedError(tally.own_failure)
-        if tally.own_retry:
-            raise RetryableChunkError(tally.own_retry)
-        return str(report)
+        return report, tally
 
     def _run(self, ref: ChunkRef, carried: Sequence[ChunkRef]) -> tuple[BatchReport, _Tally]:
         """Every chunk is seen through before the task's own outcome is raised (by `run`)."""
@@ -213,7 +225,7 @@ class ChunkRunner:
         pipe = self.runtime.redis.pipeline(transaction=False)
         if missing:
             metrics.BATCH_TEXTS.observe(len(missing))
-            result = engine.embed([texts[digest] for digest in missing])
+            result = engine.embed([texts[digest] for digest in missing], self.before_each_run)
             cache.queue_write(pipe, engine.fingerprint, missing, result.vectors, result.truncated)
             truncated.update(zip(missing, result.truncated, strict=True))
         for chunk in chunks:

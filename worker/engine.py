@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,12 +110,15 @@ class SentenceEncoder:
             self.embed([" ".join(["warm"] * (length - 2))] * rows)  # [CLS] and [SEP] make up the length
             length //= 2
 
-    def embed(self, texts: Sequence[str]) -> EmbedResult:
+    def embed(self, texts: Sequence[str], before_each_run: Callable[[], None] | None = None) -> EmbedResult:
+        """`before_each_run` lets a long call yield to more urgent work between its engine runs."""
         vectors = np.zeros((len(texts), self.dims), dtype=np.float32)
         if not texts:
             return EmbedResult(vectors, [])
         encodings, truncated = self.tokenizer.encode(texts)
         for batch in self.batcher.batches([len(encoding.ids) for encoding in encodings]):
+            if before_each_run is not None:
+                before_each_run()
             tokens = self.tokenizer.pad([encodings[i] for i in batch])
             vectors[batch] = self._run(tokens)
         return EmbedResult(vectors, truncated)

@@ -42,8 +42,17 @@ class QueueGatherer:
         None ([]) where the broker is not Redis, or where the task's own chunk is not small (its size
         unknown, or already the whole budget).
         """
-        budget = self.max_texts - own_texts
-        if self.broker is None or own_texts <= 0 or budget <= 0:
+        if own_texts <= 0:
+            return []
+        return self._take(queue, self.max_texts - own_texts)
+
+    def take_waiting(self, queue: str, max_texts: int) -> list[ChunkRef]:
+        """Waiting small chunks of `queue`, up to `max_texts` texts, removed from it (for a bulk task
+        that serves them between its engine runs)."""
+        return self._take(queue, max_texts)
+
+    def _take(self, queue: str, budget: int) -> list[ChunkRef]:
+        if self.broker is None or budget <= 0:
             return []
         raws = cast(list[bytes], self.broker.rpop(queue, budget) or [])
         taken: list[ChunkRef] = []

@@ -17,9 +17,10 @@ from celery.exceptions import Reject, Retry
 
 from contract.celery_config import EMBED_TASK, send_chunk
 from contract.jobs import ChunkRef
-from contract.lanes import Lane, lane_of
+from contract.lanes import Lane, lane_of, sibling_queue
 from worker.app import app
 from worker.chunk_runner import ChunkRunner, RetryableChunkError
+from worker.interjection import InteractiveInterjection
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,16 @@ def embed_chunk(self: Task, **fields: object) -> str:
         send_chunk(app, chunk, queue)
 
     runner = ChunkRunner(runtime, node=self.request.hostname or "", republish=republish)
+    interjection = _interjection(runner, queue, self.request.id)
     try:
         if lane_of(queue) is Lane.INTERACTIVE:
             carried = runtime.gatherer.take(queue, ref.texts)
         if carried:
             runtime.gatherer.note(self.request.id, queue, carried)
-        return runner.run(ref, carried)
+        result = runner.run(ref, carried)
+        if interjection is not None and interjection.served:
+            result += f"; served {interjection.served} waiting interactive chunks between its runs"
+        return result
     except redis.RedisError as exc:
         log.warning(
             "chunk %s of job %s goes back to the queue: Redis unavailable (%s)", ref.chunk, ref.job_id, exc
@@ -62,6 +67,22 @@ def embed_chunk(self: Task, **fields: object) -> str:
         if carried:
             with contextlib.suppress(redis.RedisError):
                 runtime.gatherer.forget(self.request.id)
+
+
+def _interjection(bulk_runner: ChunkRunner, queue: str, task_id: str) -> InteractiveInterjection | None:
+    """On the bulk lane, the runner serves waiting interactive chunks before each engine run."""
+    runtime = bulk_runner.runtime
+    if lane_of(queue) is not Lane.BULK or not runtime.settings.interject_max_texts:
+        return None
+    interactive = sibling_queue(queue, Lane.INTERACTIVE)
+    runner = ChunkRunner(
+        runtime, bulk_runner.node, republish=lambda chunk: send_chunk(app, chunk, interactive)
+    )
+    interjection = InteractiveInterjection(
+        runtime.gatherer, runner, interactive, task_id, runtime.settings.interject_max_texts
+    )
+    bulk_runner.before_each_run = interjection
+    return interjection
 
 
 def _retry(task: Task, exc: Exception) -> Exception:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import pytest
 
+from contract import keys
 from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient
 from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
@@ -23,6 +25,24 @@ def test_an_interactive_job_finishes_before_a_bulk_backlog_does(client: Embeddin
     assert vectors.shape == (1, 384)
     assert not behind.state.finished and behind.done < behind.total
     assert backlog.wait(timeout=JOB_TIMEOUT_S).state.value == "done"
+
+
+def test_a_bulk_chunk_serves_waiting_interactive_chunks_between_its_runs(fleet: LocalFleet) -> None:
+    """Both processes run one long bulk chunk each; a 1-text job does not wait for either to end."""
+    long_chunk = 1_024  # 16 engine runs of 64 texts: seconds on one thread
+    with fleet.client(chunk_size=long_chunk) as client:
+        bulk = client.submit(unique_texts(2 * long_chunk), priority="bulk")
+        leases = keys.job_leases_key(bulk.id)
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while client.redis.hlen(leases) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        vectors = client.embed(unique_texts(1), timeout=JOB_TIMEOUT_S)
+        behind = bulk.status()
+        assert vectors.shape == (1, 384)
+        assert behind.done == 0, "the 1-text job waited for a bulk chunk to end"
+        assert bulk.wait(timeout=JOB_TIMEOUT_S).state.value == "done"
+    served = re.findall(r"served (\d+) waiting interactive chunks between its runs", fleet.worker.log_text())
+    assert served and sum(int(n) for n in served) >= 1
 
 
 def test_small_chunks_run_together_yet_count_one_by_one(fleet: LocalFleet) -> None:

@@ -17,7 +17,7 @@ from contract.jobs import (
     pack_positions,
     unpack_positions,
 )
-from contract.lanes import Lane, build_queues, lane_for, queue_name
+from contract.lanes import Lane, build_queues, lane_for, queue_name, sibling_queue
 from contract.redis_connection import mask_url, retries_for
 from producer.submission import pick_build
 from worker.chunk_runner import chunk_outcome
@@ -116,6 +116,9 @@ def test_lanes_name_queues_per_build_interactive_first() -> None:
         lane_for(1, 64, Lane.BULK) is Lane.BULK
         and lane_for(10_000, 64, Lane("interactive")) is Lane.INTERACTIVE
     )
+    model, build = "all-MiniLM-L6-v2", "8a5de308744cdc46"
+    bulk = queue_name(model, build, Lane.BULK)
+    assert sibling_queue(bulk, Lane.INTERACTIVE) == queue_name(model, build, Lane.INTERACTIVE)
 
 
 def test_new_jobs_go_to_the_newest_artifact() -> None:
