@@ -21,15 +21,18 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from contract import keys
+from contract.jobs import JobRecord
 from contract.settings import FleetSettings
 from localfleet.fleet import LocalFleet, fleet_env
 from localfleet.redis_server import start_redis
 from modelbuild.accuracy import read_stsb
+from producer import EmbeddingClient
 from worker.engine import EmbeddingEngine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +42,7 @@ PROCESSES = 2
 ST_BATCH = 32
 DELETE_BATCH = 1_000
 KIB = 1024
+DEFAULT_CHUNK_SIZES = [64, 256]
 
 
 @dataclass
@@ -235,20 +239,28 @@ def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdi
     return rows
 
 
-def paired_rounds(texts: list[str], model_dir: Path, rounds: int, workdir: Path) -> list[tuple[Row, Row]]:
+def bulk_job(client: EmbeddingClient, texts: list[str]) -> JobRecord:
+    return client.submit(texts, priority="bulk").wait()
+
+
+def paired_rounds(
+    texts: list[str], model_dir: Path, rounds: int, workdir: Path, chunk_sizes: list[int]
+) -> list[tuple[Row, Row]]:
     """The fleet and the same layout in-process, alternately, round after round: on this shared host
     speed drifts by 20-40 % over minutes, so only ratios taken side by side mean anything."""
     pairs: list[tuple[Row, Row]] = []
     with ExitStack() as stack:
         fleet = start_bench_fleet(stack, workdir, model_dir)
-        client = stack.enter_context(fleet.client())
+        clients = {size: stack.enter_context(fleet.client(chunk_size=size)) for size in chunk_sizes}
         for _ in range(rounds):
-            split = split_engine_row(texts, model_dir)
-            drop_vectors(fleet, client.build().fingerprint)
-            cpu, cold = FleetCpu.around(fleet, lambda: client.submit(texts, priority="bulk").wait())
-            note = f"{cpu.children_s / (cold * PROCESSES):.0%} | {cpu.main_s:.2f} s | {cpu.client_s:.2f} s"
-            queued = Row(f"fleet, {PROCESSES} processes x 1 thread, bulk", cold, len(texts), note)
-            pairs.append((split, queued))
+            for size, client in clients.items():
+                split = split_engine_row(texts, model_dir)
+                drop_vectors(fleet, client.build().fingerprint)
+                cpu, cold = FleetCpu.around(fleet, partial(bulk_job, client, texts))
+                note = (
+                    f"{cpu.children_s / (cold * PROCESSES):.0%} | {cpu.main_s:.2f} s | {cpu.client_s:.2f} s"
+                )
+                pairs.append((split, Row(f"{size}", cold, len(texts), note)))
     return pairs
 
 
@@ -272,20 +284,27 @@ def cpu_model() -> str:
 
 
 def paired_report(pairs: list[tuple[Row, Row]], count: int) -> str:
+    """One line per round and chunk size (the fleet row's variant); the median ratio per chunk size."""
     lines = [
         f"CPU: {cpu_model()}; {count:,} texts, one bulk job a round",
         "",
-        "| round | in-process, 2 processes x 1 thread | fleet | fleet / in-process | pool children busy "
+        "| chunk | in-process, 2 processes x 1 thread | fleet | fleet / in-process | pool children busy "
         "| worker main process CPU | client CPU (submit + wait) |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for number, (split, queued) in enumerate(pairs, start=1):
+    ratios: dict[str, list[float]] = {}
+    for split, queued in pairs:
+        ratio = queued.rate / split.rate
+        ratios.setdefault(queued.variant, []).append(ratio)
+        rates = f"{split.rate:,.0f}/s | {queued.rate:,.0f}/s"
+        lines.append(f"| {queued.variant} | {rates} | {ratio:.2f}x | {queued.note} |")
+    lines.append("")
+    for size, values in ratios.items():
+        ordered = sorted(values)
         lines.append(
-            f"| {number} | {split.rate:,.0f}/s | {queued.rate:,.0f}/s | {queued.rate / split.rate:.2f}x "
-            f"| {queued.note} |"
+            f"chunk {size}: median ratio {ordered[len(ordered) // 2]:.2f}x over {len(values)} rounds"
         )
-    ratios = sorted(queued.rate / split.rate for split, queued in pairs)
-    return "\n".join([*lines, "", f"median ratio {ratios[len(ratios) // 2]:.2f}x"]) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -296,27 +315,29 @@ def main() -> None:
         type=Path,
         default=Path(os.environ.get("EMBED_MODEL_DIR", ROOT / "artifacts/all-MiniLM-L6-v2")),
     )
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument(
+        "--chunk-sizes", type=int, nargs="+", help="default: 64 256; with --paired, the setting"
+    )
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--paired", type=int, default=0, help="only: fleet vs in-process, this many rounds")
     args = parser.parse_args()
     texts = bench_sentences(args.n)
     model_dir = args.model_dir.resolve()
     if args.paired:
+        sizes = args.chunk_sizes or [FleetSettings().chunk_size]
         with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as workdir:
-            pairs = paired_rounds(texts, model_dir, args.paired, Path(workdir))
+            pairs = paired_rounds(texts, model_dir, args.paired, Path(workdir), sizes)
         publish(paired_report(pairs, args.n), args.markdown)
         return
     with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as workdir:
-        fleet = fleet_rows(texts, model_dir, args.chunk_sizes, Path(workdir))
+        fleet = fleet_rows(texts, model_dir, args.chunk_sizes or DEFAULT_CHUNK_SIZES, Path(workdir))
     engine = engine_row(texts, model_dir)
     split = split_engine_row(texts, model_dir)
     baseline = sentence_transformers_row(texts)
     table = render([baseline, engine, split, *fleet], baseline, split)
     cold, warm = fleet[0], fleet[1]
-    summary = (
-        f"cache-hit resubmission speed-up (chunk {args.chunk_sizes[0]}): {cold.seconds / warm.seconds:,.0f}x"
-    )
+    first_chunk = cold.variant.rsplit(" ", 1)[-1]
+    summary = f"cache-hit resubmission speed-up (chunk {first_chunk}): {cold.seconds / warm.seconds:,.0f}x"
     header = f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.n:,} unique STS-B sentences"
     report = f"{header}\n\n{table}\n\n{summary}\n"
     publish(report, args.markdown)

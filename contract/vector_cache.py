@@ -10,6 +10,8 @@ from redis.client import Pipeline
 
 from contract import keys
 from contract.codec import Matrix, encode_vector
+from contract.lua_scripts import load_lua
+from contract.redis_connection import as_bytes
 
 
 class VectorCache:
@@ -27,21 +29,28 @@ class VectorCache:
         return self.read_look(pipe.execute(), len(digests))
 
     def queue_look(self, pipe: Pipeline, fingerprint: str, digests: Sequence[str]) -> None:
-        """Add to `pipe`: EXPIRE per vector (it answers whether the vector exists and keeps a hit alive),
-        then one SMISMEMBER of the truncated set; `read_look` reads the replies."""
-        for digest in digests:
-            pipe.expire(keys.vector_key(fingerprint, digest), self.ttl_s)
+        """Add to `pipe`: touch_vectors.lua per batch of keys (whether each vector exists, keeping a hit
+        alive; batches keep Redis free for others between them), then one SMISMEMBER of the truncated
+        set; `read_look` reads the replies."""
+        script = load_lua("touch_vectors")
+        for start in range(0, len(digests), self.fetch_batch_size):
+            batch = [keys.vector_key(fingerprint, d) for d in digests[start : start + self.fetch_batch_size]]
+            pipe.eval(script, len(batch), *batch, self.ttl_s)
         if digests:
             pipe.smismember(keys.truncated_set_key(fingerprint), list(digests))
 
-    @staticmethod
-    def read_look(replies: Sequence[object], count: int) -> tuple[list[bool], list[bool]]:
+    def look_replies(self, count: int) -> int:
+        """How many pipeline replies `queue_look` adds for `count` digests."""
+        return -(-count // self.fetch_batch_size) + 1 if count else 0
+
+    def read_look(self, replies: Sequence[object], count: int) -> tuple[list[bool], list[bool]]:
         """(exists, truncated) from the last replies of a pipeline that `queue_look` added to."""
         if not count:
             return [], []
-        tail = list(replies[-(count + 1) :])
+        tail = list(replies[-self.look_replies(count) :])
+        found = b"".join(as_bytes(flags) for flags in tail[:-1])
         cut = cast(list[object], tail[-1])
-        return [bool(found) for found in tail[:-1]], [bool(flag) for flag in cut]
+        return [flag == ord("1") for flag in found], [bool(flag) for flag in cut]
 
     def write(
         self, fingerprint: str, digests: Sequence[str], vectors: Matrix, truncated: Sequence[bool]

@@ -183,7 +183,7 @@ class ChunkRunner:
         start = 0
         for chunk in chunks:
             positions = chunk.positions()
-            end = start + len(positions) + len(chunk.digests) + 1
+            end = start + len(positions) + cache.look_replies(len(chunk.digests))
             chunk.stored = dict(zip(positions, replies[start : start + len(positions)], strict=True))
             chunk.cached, chunk.cut = cache.read_look(replies[start:end], len(chunk.digests))
             start = end
