@@ -43,9 +43,9 @@ class FleetSettings(BaseSettings):
     model_fingerprint: str = Field("", description="submit only to the live build with this fingerprint")
 
     chunk_size: int = Field(
-        128,
+        256,
         gt=0,
-        description="distinct texts per Celery task; bounds how long a bulk backlog delays a small job",
+        description="distinct texts per Celery task; larger spreads each task's queue work over more texts",
     )
     interactive_max_texts: int = Field(
         64, ge=0, description="jobs with at most this many texts to embed ride the interactive lane"
