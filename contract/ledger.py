@@ -17,6 +17,7 @@ from redis.client import Pipeline
 from redis.typing import EncodableT
 
 from contract import keys
+from contract.digest import DIGEST_BYTES
 from contract.jobs import ChunkPayload, ChunkRef, JobRecord, JobState, describe_positions, pack_positions
 from contract.lua_scripts import load_lua
 from contract.redis_connection import as_bytes, as_text, server_time
@@ -200,3 +201,8 @@ class JobLedger:
         """End an unfinished job now; with `unless_progress_since`, only if it made no progress since."""
         script_keys, args = end_job_call(job_id, state, error, unless_progress_since)
         return int(self._end(keys=script_keys, args=args))
+
+
+def queue_job_digests(pipe: Pipeline, job_id: str, positions: Sequence[int]) -> None:
+    """Add to `pipe` the job's digest at each input position: one reply, a list (b"" past the end)."""
+    pipe.eval(load_lua("read_digests"), 1, keys.job_digests_key(job_id), DIGEST_BYTES, *positions)

@@ -67,9 +67,13 @@ class VectorCache:
         vectors: Matrix,
         truncated: Sequence[bool],
     ) -> None:
-        """Plain SETs of the same bytes: idempotent when a chunk runs twice."""
-        for digest, vector in zip(digests, vectors, strict=True):
-            pipe.set(keys.vector_key(fingerprint, digest), encode_vector(vector), ex=self.ttl_s)
+        """store_vectors.lua per batch of keys: the same bytes each time, so a chunk may run twice."""
+        script = load_lua("store_vectors")
+        for start in range(0, len(digests), self.fetch_batch_size):
+            batch = digests[start : start + self.fetch_batch_size]
+            names = [keys.vector_key(fingerprint, digest) for digest in batch]
+            values = [encode_vector(vector) for vector in vectors[start : start + self.fetch_batch_size]]
+            pipe.eval(script, len(names), *names, self.ttl_s, *values)
         cut = [digest for digest, flag in zip(digests, truncated, strict=True) if flag]
         if cut:
             pipe.sadd(keys.truncated_set_key(fingerprint), *cut)

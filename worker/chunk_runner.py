@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import redis
 
-from contract import keys
-from contract.digest import DIGEST_BYTES, digest_for
+from contract.digest import digest_for
 from contract.jobs import ChunkPayload, ChunkRef, describe_positions, pack_positions
-from contract.ledger import ChunkOutcome, Claim, ClaimStatus, failed_outcome
+from contract.ledger import ChunkOutcome, Claim, ClaimStatus, failed_outcome, queue_job_digests
 from worker import metrics
 from worker.payload_check import PayloadRejected, check_positions, mismatched_positions, parse_payload
 
@@ -175,16 +174,13 @@ class ChunkRunner:
         cache, fingerprint = self.runtime.cache, self.runtime.engine.fingerprint
         pipe = self.runtime.redis.pipeline(transaction=False)
         for chunk in chunks:
-            key = keys.job_digests_key(chunk.ref.job_id)
-            for position in chunk.positions():
-                pipe.getrange(key, position * DIGEST_BYTES, (position + 1) * DIGEST_BYTES - 1)
+            queue_job_digests(pipe, chunk.ref.job_id, chunk.positions())
             cache.queue_look(pipe, fingerprint, chunk.digests)
         replies = pipe.execute() if chunks else []
         start = 0
         for chunk in chunks:
-            positions = chunk.positions()
-            end = start + len(positions) + cache.look_replies(len(chunk.digests))
-            chunk.stored = dict(zip(positions, replies[start : start + len(positions)], strict=True))
+            end = start + 1 + cache.look_replies(len(chunk.digests))
+            chunk.stored = dict(zip(chunk.positions(), replies[start], strict=True))
             chunk.cached, chunk.cut = cache.read_look(replies[start:end], len(chunk.digests))
             start = end
         return chunks
