@@ -14,6 +14,9 @@ from contract.settings import FleetSettings
 EMBED_TASK = "embedfleet.embed_chunk"
 SOFT_LIMIT_MARGIN_S = 10
 SOFT_SHUTDOWN_S = 30
+# A pool child opens and warms its ORT session before it reports up; on a busy host that takes more
+# than Celery's 4 s, and a child killed for it is replaced by one that takes as long, forever.
+PROCESS_START_TIMEOUT_S = 120
 VISIBILITY_TO_TIME_LIMIT = 4
 
 
@@ -54,6 +57,7 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_S,
+        "worker_proc_alive_timeout": PROCESS_START_TIMEOUT_S,
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": max(1, settings.task_time_limit_s - SOFT_LIMIT_MARGIN_S),
         # Task events cost three publishes per chunk; Flower switches them on while it watches

@@ -1,9 +1,10 @@
 """Lanes and the queues that carry them: one pair of queues per model build.
 
 Small jobs ride `interactive`, everything else `bulk`; every worker consumes both, interactive
-first, so a bulk backlog delays a small request by about one bulk chunk. Queues are named per
-build (model name + fingerprint), so a job only ever reaches workers of the build it was
-submitted for, also while two builds run side by side during a rolling upgrade.
+first, and a bulk chunk serves waiting interactive chunks between its engine runs
+(worker.interjection), so a bulk backlog delays a small request by about one engine run. Queues
+are named per build (model name + fingerprint), so a job only ever reaches workers of the build it
+was submitted for, also while two builds run side by side during a rolling upgrade.
 """
 
 from __future__ import annotations

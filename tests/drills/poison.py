@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -24,9 +24,9 @@ def arm(**_: Any) -> None:
     engine = open_runtime().engine
     embed = engine.embed
 
-    def embed_or_die(texts: Sequence[str]) -> EmbedResult:
+    def embed_or_die(texts: Sequence[str], before_each_run: Callable[[], None] | None = None) -> EmbedResult:
         if POISON in texts:
             os.kill(os.getpid(), signal.SIGKILL)
-        return embed(texts)
+        return embed(texts, before_each_run)
 
     engine.embed = embed_or_die  # type: ignore[method-assign]

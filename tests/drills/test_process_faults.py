@@ -30,6 +30,7 @@ pytestmark = pytest.mark.drill
 
 KILLS = 10
 POOL_CHILDREN = 2
+LONG_BULK_CHUNK = 1_024  # seconds of engine runs on one thread
 DEFAULTS = FleetSettings()
 
 
@@ -208,6 +209,7 @@ def test_poison_text_in_a_shared_batch_fails_only_its_own_job(
         backlog.wait(timeout=JOB_TIMEOUT_S)
     log = "".join(node.log_text() for node in fleet.nodes)
     carried = max((int(n) for n in re.findall(r"chunks \((\d+) carried\)", log)), default=0)
+    served = max((int(n) for n in re.findall(r"served (\d+) waiting interactive", log)), default=0)
     deaths = log.count("exited with 'signal 9")
     failed = [i for i, record in enumerate(records) if record.state.value != "done"]
     drill_report.add(
@@ -217,9 +219,44 @@ def test_poison_text_in_a_shared_batch_fails_only_its_own_job(
             0,
             failed == [13],
             None,
-            f"batches carried up to {carried} chunks; {deaths} processes died; only the poison's job failed",
+            f"interactive tasks carried up to {carried} chunks, bulk tasks served up to {served} between "
+            f"runs; {deaths} processes died; only the poison's job failed",
         )
     )
     assert failed == [13] and "inputs 0 failed" in records[13].error
     assert all(record.done == 1 for i, record in enumerate(records) if i != 13)
     assert deaths <= 3
+
+
+def test_poison_text_served_between_bulk_runs_fails_only_its_own_job(
+    drill: Drill, drill_report: DrillReport
+) -> None:
+    """A bulk chunk that serves a poison text dies with it: the bulk chunk runs again (text by text,
+    without serving others) and counts exactly; only the poison's job fails."""
+    server = drill.redis()
+    fleet = drill.fleet(server.url, worker_args=["--include", "tests.drills.poison"])
+    with fleet.client(chunk_size=LONG_BULK_CHUNK) as client:
+        bulk = client.submit(drill_texts(2 * LONG_BULK_CHUNK), priority="bulk")
+        leases = keys.job_leases_key(bulk.id)
+        wait_until(lambda: client.redis.hlen(leases) == POOL_CHILDREN, JOB_TIMEOUT_S)
+        texts = drill_texts(6)
+        texts[2] = POISON
+        jobs = [client.submit([text], priority="interactive") for text in texts]
+        records = [job.wait(timeout=JOB_TIMEOUT_S) for job in jobs]
+        bulk.wait(timeout=JOB_TIMEOUT_S)
+        verdict = verify(client, bulk)
+    log = fleet.worker.log_text()
+    deaths = log.count("exited with 'signal 9")
+    failed = [i for i, record in enumerate(records) if record.state.value != "done"]
+    drill_report.add(
+        DrillRow(
+            "poison text among 1-text jobs served between a bulk chunk's runs",
+            "1 (the poison)",
+            verdict.duplicates,
+            verdict.counts_exact,
+            None,
+            f"{deaths} processes died; only the poison's job failed; the bulk job ended exact",
+        )
+    )
+    assert failed == [2] and "inputs 0 failed" in records[2].error
+    assert (verdict.rows_lost, verdict.duplicates, verdict.counts_exact) == (0, 0, True)
