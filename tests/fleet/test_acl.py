@@ -93,6 +93,11 @@ def test_a_producer_cannot_write_a_vector(acl_server: RedisServer, passwords: di
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             attempt()
+    # EVAL on emb:* keys is allowed (touch_vectors.lua); Redis checks the commands inside as well
+    for script in ("return redis.call('SET', KEYS[1], 'forged')", "return redis.call('DEL', KEYS[1])"):
+        with pytest.raises(redis.exceptions.ResponseError, match="can't access"):
+            producer.eval(script, 1, "emb:fp:0")
+    assert producer.mget(["emb:fp:0"]) == [None]
 
 
 def test_flower_cannot_enqueue_or_touch_vectors_and_jobs(
