@@ -70,7 +70,7 @@ class QueueGatherer:
         self.broker.rpush(queue, *reversed(raws))  # type: ignore[union-attr]
 
     def note(self, carrier_task_id: str, queue: str, carried: list[ChunkRef]) -> None:
-        record = {"queue": queue, "chunks": [[ref.job_id, ref.chunk] for ref in carried]}
+        record = {"queue": queue, "chunks": [[ref.job_id, ref.chunk, ref.texts] for ref in carried]}
         self.cache.set(keys.carried_key(carrier_task_id), json.dumps(record), px=int(self.note_ttl_s * 1000))
 
     def forget(self, carrier_task_id: str) -> None:
@@ -86,4 +86,6 @@ def carried_by(cache: redis.Redis, carrier_task_id: str) -> tuple[str, list[Chun
     if not raw:
         return "", []
     record = json.loads(raw)
-    return str(record["queue"]), [ChunkRef(str(job), int(chunk)) for job, chunk in record["chunks"]]
+    # the size comes back too, so a chunk sent again can still be gathered (notes of older workers lack it)
+    chunks = [ChunkRef(str(c[0]), int(c[1]), int(c[2]) if len(c) > 2 else 0) for c in record["chunks"]]
+    return str(record["queue"]), chunks
