@@ -36,7 +36,7 @@ browser:
 test: install artifact lint browser
 	$(PY) -m pytest -q -ra -m "not drill"
 
-# Fault drills on real processes (about 10 minutes); .ci/run runs them after `make test`.
+# Fault drills on real processes (about 11 minutes); .ci/run runs them after `make test`.
 drills: install artifact
 	$(PY) -m pytest -q -ra -m drill tests/drills
 
