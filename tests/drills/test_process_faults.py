@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from contract import keys
+from contract.jobs import JobRecord
 from contract.settings import FleetSettings
-from producer import FleetUnavailableError, JobFailedError
+from producer import EmbeddingClient, FleetUnavailableError, Job, JobFailedError
 from tests.drills.conftest import (
     JOB_TIMEOUT_S,
     Drill,
@@ -194,21 +195,29 @@ def _one_line_file(drill: Drill) -> Path:
     return path
 
 
+def _small_jobs_beside_long_bulk(
+    client: EmbeddingClient, bulk_chunks: int, small: int, poison_at: int
+) -> tuple[Job, list[Job], list[JobRecord]]:
+    """A bulk job of long chunks; once both processes are inside one, `small` 1-text jobs (one of them
+    the poison) queue up behind them and run together. Returns when every job has ended."""
+    bulk = client.submit(drill_texts(bulk_chunks * LONG_BULK_CHUNK), priority="bulk")
+    leases = keys.job_leases_key(bulk.id)
+    wait_until(lambda: client.redis.hlen(leases) == POOL_CHILDREN, JOB_TIMEOUT_S)
+    texts = drill_texts(small)
+    texts[poison_at] = POISON
+    jobs = [client.submit([text], priority="interactive") for text in texts]
+    records = [job.wait(timeout=JOB_TIMEOUT_S) for job in jobs]
+    bulk.wait(timeout=JOB_TIMEOUT_S)
+    return bulk, jobs, records
+
+
 def test_poison_text_in_a_shared_batch_fails_only_its_own_job(
     drill: Drill, drill_report: DrillReport
 ) -> None:
     server = drill.redis()
     fleet = drill.fleet(server.url, worker_args=["--include", "tests.drills.poison"])
     with fleet.client(chunk_size=LONG_BULK_CHUNK) as client:
-        backlog = client.submit(drill_texts(3 * LONG_BULK_CHUNK))
-        leases = keys.job_leases_key(backlog.id)
-        wait_until(lambda: client.redis.hlen(leases) == POOL_CHILDREN, JOB_TIMEOUT_S)
-        # both processes are inside long bulk chunks: the small jobs queue up and run together
-        texts = drill_texts(30)
-        texts[13] = POISON
-        jobs = [client.submit([text], priority="interactive") for text in texts]
-        records = [job.wait(timeout=JOB_TIMEOUT_S) for job in jobs]
-        backlog.wait(timeout=JOB_TIMEOUT_S)
+        _, jobs, records = _small_jobs_beside_long_bulk(client, 3, 30, poison_at=13)
         # a job whose chunk was counted a failure yet ended done shared a batch with the poison
         shared = sum(
             int(client.redis.hget(keys.job_attempts_key(job.id), "failures:0") or 0) > 0
@@ -243,14 +252,7 @@ def test_poison_text_served_between_bulk_runs_fails_only_its_own_job(
     server = drill.redis()
     fleet = drill.fleet(server.url, worker_args=["--include", "tests.drills.poison"])
     with fleet.client(chunk_size=LONG_BULK_CHUNK) as client:
-        bulk = client.submit(drill_texts(2 * LONG_BULK_CHUNK), priority="bulk")
-        leases = keys.job_leases_key(bulk.id)
-        wait_until(lambda: client.redis.hlen(leases) == POOL_CHILDREN, JOB_TIMEOUT_S)
-        texts = drill_texts(6)
-        texts[2] = POISON
-        jobs = [client.submit([text], priority="interactive") for text in texts]
-        records = [job.wait(timeout=JOB_TIMEOUT_S) for job in jobs]
-        bulk.wait(timeout=JOB_TIMEOUT_S)
+        bulk, _, records = _small_jobs_beside_long_bulk(client, 2, 6, poison_at=2)
         verdict = verify(client, bulk)
     log = fleet.worker.log_text()
     deaths = log.count("exited with 'signal 9")
