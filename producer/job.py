@@ -10,7 +10,7 @@ import redis
 from tqdm import tqdm
 
 from contract import keys
-from contract.codec import Matrix, encode_vector
+from contract.codec import Matrix
 from contract.jobs import JobRecord, JobState, stall_error, unpack_digests, unpack_positions
 from contract.lanes import Lane
 from contract.redis_connection import as_bytes
@@ -18,6 +18,7 @@ from producer.errors import JobLostError, JobTimeoutError, ResultIncompleteError
 from producer.job_rules import (
     CANCELLED_ERROR,
     OUTAGE_BACKOFF_S,
+    RECOMPUTE_ROUNDS,
     Missing,
     StallClock,
     assemble,
@@ -111,8 +112,7 @@ class Job:
             again = self.resume()  # the record itself was evicted: embed the texts again
             again.wait()
             return again.result(missing="recompute")
-        check_finished(record, missing, self._failed_positions() if record.state is not JobState.DONE else [])
-        blobs = self.client.cache.fetch(record.fingerprint, self._digests(record))
+        blobs = self._fetch(record, missing)
         if missing == "recompute" and None in blobs:
             blobs = self._recompute(blobs)
         return assemble(record, blobs, missing)
@@ -168,16 +168,23 @@ class Job:
             clip_texts(list(self.texts), self.client.settings.max_text_chars), record.fingerprint
         ).digests
 
+    def _fetch(self, record: JobRecord, missing: Missing) -> list[bytes | None]:
+        check_finished(record, missing, self._failed_positions() if record.state is not JobState.DONE else [])
+        return self.client.cache.fetch(record.fingerprint, self._digests(record))
+
     def _recompute(self, blobs: list[bytes | None]) -> list[bytes | None]:
-        absent = [position for position, blob in enumerate(blobs) if blob is None]
-        if self.texts is None:
-            raise no_texts(self.id, len(absent))
-        again = self.client.submit([self.texts[position] for position in absent], priority=self.priority)
-        again.wait()
-        fresh = again.result()
+        """Embed the evicted rows again, in rounds: a full LRU cache may evict some fresh vectors too."""
         filled = list(blobs)
-        for row, position in enumerate(absent):
-            filled[position] = encode_vector(fresh[row])
+        for _ in range(RECOMPUTE_ROUNDS):
+            absent = [position for position, blob in enumerate(filled) if blob is None]
+            if not absent:
+                break
+            if self.texts is None:
+                raise no_texts(self.id, len(absent))
+            again = self.client.submit([self.texts[position] for position in absent], priority=self.priority)
+            again.wait()
+            for position, blob in zip(absent, again._fetch(again.status(), "raise"), strict=True):
+                filled[position] = blob
         return filled
 
     def _failed_positions(self) -> list[int]:

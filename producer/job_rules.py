@@ -29,6 +29,7 @@ Missing = Literal["raise", "mask", "recompute"]
 CANCELLED_ERROR = "cancelled by its caller"
 CALL_RETRY_S = 1.0  # a client call rides out a blip this long; wait() rides out EMBED_REDIS_OUTAGE_S
 OUTAGE_BACKOFF_S = 0.5
+RECOMPUTE_ROUNDS = 3  # an LRU cache can evict fresh vectors before they are read; each round embeds fewer
 
 
 def missing_record(job_id: str, seen: bool, settings: FleetSettings) -> EmbedFleetError:
@@ -59,10 +60,15 @@ def assemble(record: JobRecord, blobs: list[bytes | None], missing: Missing) -> 
     """Exactly `total` rows in input order; rows without a vector raise or are masked."""
     absent = [position for position, blob in enumerate(blobs) if blob is None]
     if absent and missing != "mask":
+        what = (
+            f"still gone after {RECOMPUTE_ROUNDS} rounds of recompute: the cache Redis evicts vectors "
+            "before they can be read, so raise its maxmemory or use missing='mask'"
+            if missing == "recompute"
+            else "call result(missing='recompute') on the Job that submit() returned, or resubmit the texts"
+        )
         raise ResultIncompleteError(
             f"{len(absent)} of {record.total} vectors of job {record.id} are gone from the cache "
-            f"(evicted or past EMBED_CACHE_TTL_S), inputs {describe_positions(absent)}: call "
-            "result(missing='recompute') on the Job that submit() returned, or resubmit the texts",
+            f"(evicted or past EMBED_CACHE_TTL_S), inputs {describe_positions(absent)}: {what}",
             absent,
         )
     empty = bytes(VECTOR_DTYPE.itemsize * record.dims)  # a masked row's placeholder

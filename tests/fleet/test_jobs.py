@@ -21,7 +21,8 @@ from contract.settings import FleetSettings
 from localfleet.fleet import LocalFleet
 from localfleet.redis_server import RedisServer
 from producer import EmbeddingClient
-from producer.errors import JobTimeoutError
+from producer.errors import JobTimeoutError, ResultIncompleteError
+from producer.planning import plan_job
 from tests.conftest import SENTENCES
 from worker.engine import EmbeddingEngine
 
@@ -61,6 +62,25 @@ def test_resubmitting_the_same_texts_executes_no_task(any_client: EmbeddingClien
     record = again.status()
     assert record.chunks == 0 and record.state.value == "done" and record.done == 40
     np.testing.assert_array_equal(again.result(), first)
+
+
+def test_evicted_rows_raise_by_position_and_recompute_embeds_them_again(client: EmbeddingClient) -> None:
+    texts = unique_texts(120)
+    job = client.submit(texts)
+    job.wait(timeout=JOB_TIMEOUT_S)
+    reference = job.result()
+    fingerprint = job.status().fingerprint
+    evicted = [3, 64, 119]
+    digests = plan_job(texts, fingerprint).digests
+    client.redis.delete(*(keys.vector_key(fingerprint, digests[position]) for position in evicted))
+    with pytest.raises(ResultIncompleteError) as raised:
+        job.result()
+    assert raised.value.positions == evicted
+    masked = job.result(missing="mask")
+    assert list(np.flatnonzero(masked.mask.any(axis=1))) == evicted
+    recomputed = job.result(missing="recompute")
+    np.testing.assert_allclose(recomputed, reference, atol=1e-6)
+    assert job.result().shape == (120, 384)  # the rows are cached again
 
 
 def test_identical_texts_in_one_job_are_embedded_once(any_client: EmbeddingClient) -> None:
