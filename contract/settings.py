@@ -43,7 +43,7 @@ class FleetSettings(BaseSettings):
     model_fingerprint: str = Field("", description="submit only to the live build with this fingerprint")
 
     chunk_size: int = Field(
-        256,
+        512,
         gt=0,
         description="distinct texts per Celery task; larger spreads each task's queue work over more texts",
     )

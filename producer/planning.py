@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -69,8 +70,23 @@ def plan_job(texts: Sequence[str], fingerprint: str) -> JobPlan:
     return plan
 
 
-def chunk_ranges(total: int, size: int) -> list[range]:
-    return [range(start, min(start + size, total)) for start in range(0, total, size)]
+def chunk_ranges(total: int, size: int, smallest: int) -> list[range]:
+    """Chunks of `size`, except that a job of several ends in halving chunks, down to about `smallest`.
+
+    Processes take a job's chunks as they free up, so at its end one may still run a last chunk
+    while the others idle. Halving the last chunks (as OpenMP's guided schedule does) bounds that
+    wait by a chunk of about `smallest` texts, at a few more tasks per job.
+    """
+    if total <= size:
+        return [range(0, total)] if total else []
+    sizes = [size] * (total // size - 1)
+    rest = total - len(sizes) * size  # from size to 2 x size - 1 texts
+    while rest > size or rest > 2 * smallest:
+        sizes.append((rest + 1) // 2)
+        rest -= sizes[-1]
+    sizes.append(rest)
+    ends = list(itertools.accumulate(sizes))
+    return [range(end - length, end) for end, length in zip(ends, sizes, strict=True)]
 
 
 def clip_texts(texts: list[str], max_chars: int) -> list[str]:
@@ -80,12 +96,14 @@ def clip_texts(texts: list[str], max_chars: int) -> list[str]:
     return [text if len(text) <= max_chars else text[:max_chars] for text in texts]
 
 
-def chunk_payloads(plan: JobPlan, members: list[int], size: int, max_bytes: int) -> list[tuple[str, int]]:
+def chunk_payloads(
+    plan: JobPlan, members: list[int], size: int, smallest: int, max_bytes: int
+) -> list[tuple[str, int]]:
     """Chunk payloads (JSON) of the given distinct texts, with how many texts each holds: `size` texts
     each at most, split in halves where one would be over `max_bytes`; a single text over it refuses
     the job."""
     payloads: list[tuple[str, int]] = []
-    for span in chunk_ranges(len(members), size):
+    for span in chunk_ranges(len(members), size, smallest):
         payloads.extend(_fitting(plan, [members[i] for i in span], max_bytes))
     return payloads
 

@@ -76,12 +76,15 @@ def prepare_job(
 ) -> PreparedJob:
     """The record and payloads of a job: only cache misses, each distinct text once, by length."""
     # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
-    # Longest first: the job's last chunks are its quickest, so its processes finish close together.
+    # Longest first, and the last chunks halving down to one engine run (EMBED_MAX_BATCH_SIZE texts):
+    # a job's last chunks are its quickest, so its processes finish close together.
     misses = sorted(
         (i for i, hit in enumerate(hits) if not hit), key=lambda i: len(plan.unique_texts[i]), reverse=True
     )
     lane = lane_for(len(misses), settings.interactive_max_texts, Lane(priority) if priority else None)
-    chunks = chunk_payloads(plan, misses, settings.chunk_size, settings.max_payload_bytes)
+    chunks = chunk_payloads(
+        plan, misses, settings.chunk_size, settings.max_batch_size, settings.max_payload_bytes
+    )
     payloads, sizes = [payload for payload, _ in chunks], [texts for _, texts in chunks]
     now = time.time()
     record = JobRecord(
