@@ -45,7 +45,10 @@ class FleetSettings(BaseSettings):
     chunk_size: int = Field(
         512,
         gt=0,
-        description="distinct texts per Celery task; larger spreads each task's queue work over more texts",
+        description=(
+            "distinct texts per Celery task (a job's last chunks halve down to EMBED_MAX_BATCH_SIZE); "
+            "larger spreads each task's queue work over more texts"
+        ),
     )
     interactive_max_texts: int = Field(
         64, ge=0, description="jobs with at most this many texts to embed ride the interactive lane"
