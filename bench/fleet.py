@@ -329,15 +329,15 @@ def main() -> None:
             pairs = paired_rounds(texts, model_dir, args.paired, Path(workdir), sizes)
         publish(paired_report(pairs, args.n), args.markdown)
         return
+    sizes = args.chunk_sizes or DEFAULT_CHUNK_SIZES
     with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as workdir:
-        fleet = fleet_rows(texts, model_dir, args.chunk_sizes or DEFAULT_CHUNK_SIZES, Path(workdir))
+        fleet = fleet_rows(texts, model_dir, sizes, Path(workdir))
     engine = engine_row(texts, model_dir)
     split = split_engine_row(texts, model_dir)
     baseline = sentence_transformers_row(texts)
     table = render([baseline, engine, split, *fleet], baseline, split)
     cold, warm = fleet[0], fleet[1]
-    first_chunk = cold.variant.rsplit(" ", 1)[-1]
-    summary = f"cache-hit resubmission speed-up (chunk {first_chunk}): {cold.seconds / warm.seconds:,.0f}x"
+    summary = f"cache-hit resubmission speed-up (chunk {sizes[0]}): {cold.seconds / warm.seconds:,.0f}x"
     header = f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.n:,} unique STS-B sentences"
     report = f"{header}\n\n{table}\n\n{summary}\n"
     publish(report, args.markdown)

@@ -1,7 +1,7 @@
 """Serving waiting interactive chunks between the engine runs of a bulk chunk.
 
 Every worker consumes interactive first, but a process takes its next message only when its task
-ends: while every process runs a bulk chunk (256 texts, about 350 ms on one thread), a search query
+ends: while every process runs a bulk chunk (512 texts, about 550 ms on one thread), a search query
 waits for the first of them to finish. So before each engine run of a bulk chunk, the process takes
 the small chunks waiting on its build's interactive queue (worker.gathering, one RPOP) and runs them
 at once (up to EMBED_INTERJECT_MAX_TEXTS texts): the query waits for one engine run (at most

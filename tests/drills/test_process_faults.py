@@ -12,6 +12,7 @@ import pytest
 from contract import keys
 from contract.jobs import JobRecord
 from contract.settings import FleetSettings
+from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient, FleetUnavailableError, Job, JobFailedError
 from tests.drills.conftest import (
     JOB_TIMEOUT_S,
@@ -32,6 +33,20 @@ KILLS = 10
 POOL_CHILDREN = 2
 LONG_BULK_CHUNK = 1_024  # seconds of engine runs on one thread
 DEFAULTS = FleetSettings()
+
+
+def _poison_fleet(drill: Drill, broker_url: str) -> LocalFleet:
+    """A fleet whose processes die (SIGKILL) when they embed the poison text (tests/drills/poison.py)."""
+    return drill.fleet(broker_url, worker_args=["--include", "tests.drills.poison"])
+
+
+def _deaths(fleet: LocalFleet) -> int:
+    """Pool processes killed so far, as the fleet's worker logs report them."""
+    return sum(node.log_text().count("exited with 'signal 9") for node in fleet.nodes)
+
+
+def _not_done(records: list[JobRecord]) -> list[int]:
+    return [i for i, record in enumerate(records) if record.state.value != "done"]
 
 
 def test_pool_child_killed_ten_times(drill: Drill, drill_report: DrillReport) -> None:
@@ -123,7 +138,7 @@ def test_sigterm_requeues_running_chunks(drill: Drill, drill_report: DrillReport
 
 def test_poison_text_fails_only_its_input(drill: Drill, drill_report: DrillReport) -> None:
     server = drill.redis()
-    fleet = drill.fleet(server.url, worker_args=["--include", "tests.drills.poison"])
+    fleet = _poison_fleet(drill, server.url)
     with fleet.client() as client:
         texts = drill_texts(10)
         texts[7] = POISON
@@ -135,7 +150,7 @@ def test_poison_text_fails_only_its_input(drill: Drill, drill_report: DrillRepor
         with pytest.raises(JobFailedError) as failed:
             job.result()
         after = client.embed(drill_texts(50), timeout=JOB_TIMEOUT_S)
-    deaths = fleet.worker.log_text().count("exited with 'signal 9")
+    deaths = _deaths(fleet)
     drill_report.add(
         DrillRow(
             "poison text (kills its process)",
@@ -215,7 +230,7 @@ def test_poison_text_in_a_shared_batch_fails_only_its_own_job(
     drill: Drill, drill_report: DrillReport
 ) -> None:
     server = drill.redis()
-    fleet = drill.fleet(server.url, worker_args=["--include", "tests.drills.poison"])
+    fleet = _poison_fleet(drill, server.url)
     with fleet.client(chunk_size=LONG_BULK_CHUNK) as client:
         _, jobs, records = _small_jobs_beside_long_bulk(client, 3, 30, poison_at=13)
         # a job whose chunk was counted a failure yet ended done shared a batch with the poison
@@ -224,9 +239,8 @@ def test_poison_text_in_a_shared_batch_fails_only_its_own_job(
             for i, job in enumerate(jobs)
             if i != 13
         )
-    log = "".join(node.log_text() for node in fleet.nodes)
-    deaths = log.count("exited with 'signal 9")
-    failed = [i for i, record in enumerate(records) if record.state.value != "done"]
+    deaths = _deaths(fleet)
+    failed = _not_done(records)
     drill_report.add(
         DrillRow(
             "poison text among 30 one-text jobs run together",
@@ -250,13 +264,12 @@ def test_poison_text_served_between_bulk_runs_fails_only_its_own_job(
     """A bulk chunk that serves a poison text dies with it: the bulk chunk runs again (text by text,
     without serving others) and counts exactly; only the poison's job fails."""
     server = drill.redis()
-    fleet = drill.fleet(server.url, worker_args=["--include", "tests.drills.poison"])
+    fleet = _poison_fleet(drill, server.url)
     with fleet.client(chunk_size=LONG_BULK_CHUNK) as client:
         bulk, _, records = _small_jobs_beside_long_bulk(client, 2, 6, poison_at=2)
         verdict = verify(client, bulk)
-    log = fleet.worker.log_text()
-    deaths = log.count("exited with 'signal 9")
-    failed = [i for i, record in enumerate(records) if record.state.value != "done"]
+    deaths = _deaths(fleet)
+    failed = _not_done(records)
     drill_report.add(
         DrillRow(
             "poison text among 1-text jobs served between a bulk chunk's runs",

@@ -102,7 +102,7 @@ def test_a_chunk_delivered_twice_counts_once(fleet: LocalFleet, client: Embeddin
     queue = queue_name(record.model, record.fingerprint, record.lane)
     client.celery.send_task(EMBED_TASK, kwargs=ref.to_kwargs(), queue=queue, task_id=ref.task_id)
     finished = f"[{ref.task_id}] succeeded in"
-    _wait_for(lambda: fleet.worker.log_text().count(finished) == 2)
+    wait_for(lambda: fleet.worker.log_text().count(finished) == 2)
     assert "skipped: finished" in fleet.worker.log_text().split(finished)[-1][:120]
     again = job.status()
     assert (again.done, again.failed, again.counted, again.state.value) == (40, 0, record.chunks, "done")
@@ -146,7 +146,7 @@ def test_wait_times_out_with_a_clear_error_and_the_job_goes_on(any_client: Embed
     assert record.done == 200
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
@@ -192,12 +192,12 @@ def test_a_chunk_of_a_vanished_job_is_skipped_and_its_batch_runs(
     jobs = [client.submit(unique_texts(1)) for _ in range(6)]
     for job in jobs:
         assert job.wait(timeout=JOB_TIMEOUT_S).done == 1
-    _wait_for(lambda: "skipped: gone" in fleet.worker.log_text())
+    wait_for(lambda: "skipped: gone" in fleet.worker.log_text())
 
 
 def test_workers_publish_the_tokenizer_again_when_it_is_gone(client: EmbeddingClient) -> None:
     key = keys.tokenizer_key(client.build().artifact)
     assert client.redis.exists(key)
     client.redis.delete(key)
-    _wait_for(lambda: bool(client.redis.exists(key)), timeout_s=10)
+    wait_for(lambda: bool(client.redis.exists(key)), timeout_s=10)
     assert client.redis.ttl(key) > 0

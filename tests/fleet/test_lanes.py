@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 
 import pytest
 
 from contract import keys
 from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient
-from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
+from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts, wait_for
 
 pytestmark = pytest.mark.fleet
 
@@ -33,9 +32,7 @@ def test_a_bulk_chunk_serves_waiting_interactive_chunks_between_its_runs(fleet: 
     with fleet.client(chunk_size=long_chunk) as client:
         bulk = client.submit(unique_texts(2 * long_chunk), priority="bulk")
         leases = keys.job_leases_key(bulk.id)
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while client.redis.hlen(leases) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: client.redis.hlen(leases) >= 2, JOB_TIMEOUT_S)
         vectors = client.embed(unique_texts(1), timeout=JOB_TIMEOUT_S)
         behind = bulk.status()
         assert vectors.shape == (1, 384)
