@@ -53,6 +53,7 @@ class JobRecord:
     updated: float = 0.0
     finished: float = 0.0
     error: str = ""
+    notify: str = ""  # a waiting client's own channel, where the job's end is announced too ("": none)
 
     def to_redis(self) -> dict[FieldT, EncodableT]:
         return {spec.name: _text(getattr(self, spec.name)) for spec in fields(self)}
@@ -181,6 +182,25 @@ def describe_positions(positions: list[int], shown: int = 10) -> str:
     head = ", ".join(str(position) for position in positions[:shown])
     rest = len(positions) - shown
     return f"{head} and {rest} more" if rest > 0 else head
+
+
+def ended_record(announcement: bytes | str) -> JobRecord | None:
+    """The final record an announcement carries when its job ended; None for a progress count.
+
+    Ending a job publishes the whole record (a JSON array of field/value pairs, as Lua's cjson
+    writes HGETALL), so a waiter that hears it needs no status read.
+    """
+    try:
+        pairs = json.loads(announcement)
+    except ValueError:
+        return None
+    if not isinstance(pairs, list) or len(pairs) % 2 or not all(isinstance(item, str) for item in pairs):
+        return None
+    try:
+        record = JobRecord.from_redis(dict(zip(pairs[::2], pairs[1::2], strict=True)))
+    except (TypeError, ValueError):  # not a whole record
+        return None
+    return record if record.state.finished else None
 
 
 def _text(value: object) -> str:

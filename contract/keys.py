@@ -81,6 +81,12 @@ def job_channel(job_id: str) -> str:
     return f"{JOB_PREFIX}:{job_id}:progress"
 
 
+def waiter_channel(waiter_id: str) -> str:
+    """Pub/sub channel of one waiting client thread: the end of each job it submitted to wait on is
+    announced there as well, so it stays subscribed instead of subscribing per job."""
+    return f"{JOBS_PREFIX}:waiter:{waiter_id}"
+
+
 def running_jobs_key() -> str:
     """Sorted set: ids of unfinished jobs (score: creation time), what the reconciler sweeps."""
     return f"{JOBS_PREFIX}:running"

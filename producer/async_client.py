@@ -20,7 +20,7 @@ from contract import keys
 from contract.celery_config import make_celery
 from contract.codec import Matrix, encode_vector
 from contract.fleet_registry import BuildAdvert, live_builds_call, parse_live_builds
-from contract.jobs import JobRecord, JobState, stall_error, unpack_digests, unpack_positions
+from contract.jobs import JobRecord, JobState, ended_record, stall_error, unpack_digests, unpack_positions
 from contract.lanes import Lane
 from contract.ledger import end_job_call
 from contract.lua_scripts import load_lua
@@ -207,13 +207,16 @@ class AsyncJob:
         stall = StallClock()
         try:
             await self._subscribe(pubsub)
+            record = await self._status_through_outage(deadline)
             while True:
-                record = await self._status_through_outage(deadline)
                 if record.state.finished:
+                    self._final = record
                     return record
                 if stall.stalled(record, settings.stall_timeout_s) and await self._end_if_unserved(record):
+                    record = await self._status_through_outage(deadline)
                     continue
-                await _next_message(pubsub, pause_s(deadline, record, timeout, settings.wait_poll_s))
+                pause = pause_s(deadline, self.id, record, timeout, settings.wait_poll_s)
+                record = await _next_message(pubsub, pause) or await self._status_through_outage(deadline)
         finally:
             await pubsub.aclose()
 
@@ -315,12 +318,15 @@ class AsyncJob:
         return unpack_positions(as_bytes(blob)) if blob else []
 
 
-async def _next_message(pubsub: aioredis.client.PubSub, timeout: float) -> None:
-    """Until a progress announcement or `timeout` (subscribe confirmations do not count)."""
+async def _next_message(pubsub: aioredis.client.PubSub, timeout: float) -> JobRecord | None:
+    """Until an announcement or `timeout` (subscribe confirmations do not count): the ended record
+    when the announcement carried it, else None (the caller reads status)."""
     deadline = time.monotonic() + timeout
     try:
         while (left := deadline - time.monotonic()) > 0:
-            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
-                return
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+            if message is not None:
+                return ended_record(message["data"])
     except (redis.ConnectionError, redis.TimeoutError):
         await asyncio.sleep(min(timeout, OUTAGE_BACKOFF_S))
+    return None

@@ -100,7 +100,7 @@ class EmbedCoalescer:
 
     def _run(self, batch: list[_Call], timeout: float | None = None) -> None:
         try:
-            job = self.client.submit(
+            job = self.client.submit_to_wait(
                 [text for call in batch for text in call.texts], priority=Lane.INTERACTIVE
             )
             job.wait(timeout)

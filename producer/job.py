@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from contract.codec import Matrix
 from contract.jobs import JobRecord, JobState, stall_error, unpack_digests, unpack_positions
 from contract.lanes import Lane
 from contract.redis_connection import as_bytes
+from producer.announcements import JobChannelWatch, WaiterChannel, Watch
 from producer.errors import JobLostError, JobTimeoutError, ResultIncompleteError
 from producer.job_rules import (
     CANCELLED_ERROR,
@@ -44,6 +46,8 @@ class Job:
         texts: Sequence[str] | None = None,
         priority: Lane | str | None = None,
         digests: list[str] | None = None,
+        waiter: WaiterChannel | None = None,
+        final: JobRecord | None = None,
     ) -> None:
         self.client = client
         self.id = job_id
@@ -51,7 +55,9 @@ class Job:
         self.priority = priority
         self._seen = texts is not None
         self._digests_known = digests
-        self._final: JobRecord | None = None
+        self._final = final
+        # the submitting thread's own channel announces this job's end (EmbeddingClient.submit_to_wait)
+        self._waiter = (waiter, threading.get_ident()) if waiter is not None else None
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -72,29 +78,36 @@ class Job:
         Rides out a Redis outage of EMBED_REDIS_OUTAGE_S; a job whose build has no live worker
         and that makes no progress for EMBED_STALL_TIMEOUT_S is ended failed, saying so.
         """
+        if self._final is not None:
+            return self._final  # an ended job's record no longer changes
         settings = self.client.settings
         deadline = None if timeout is None else time.monotonic() + timeout
-        watch = _ProgressWatch(self.client, keys.job_channel(self.id))
-        watch.open()  # before the first status read, so no announcement falls between the two
-        bar: tqdm | None = None
+        watch = self._watch()
+        bar = _ProgressBar(self.id, progress)
         stall = StallClock()
         try:
+            record = None if watch.heard_from_start else self._status_through_outage(deadline)
             while True:
-                record = self._status_through_outage(deadline)
-                if bar is None:
-                    bar = tqdm(
-                        total=record.total, unit="text", desc=f"job {self.id[:8]}", disable=not progress
-                    )
-                bar.update(record.done + record.failed - bar.n)
-                if record.state.finished:
-                    return record
-                if stall.stalled(record, settings.stall_timeout_s) and self._end_if_unserved(record):
-                    continue
-                watch.wait(pause_s(deadline, record, timeout, settings.wait_poll_s))
+                if record is not None:
+                    bar.show(record)
+                    if record.state.finished:
+                        self._final = record
+                        return record
+                    if stall.stalled(record, settings.stall_timeout_s) and self._end_if_unserved(record):
+                        record = self._status_through_outage(deadline)
+                        continue
+                announced = watch.wait(pause_s(deadline, self.id, record, timeout, settings.wait_poll_s))
+                record = announced or self._status_through_outage(deadline)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
             watch.close()
+
+    def _watch(self) -> Watch:
+        """The thread's own channel for the first wait on the thread that submitted, else the job's."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and waiter[1] == threading.get_ident():
+            return waiter[0].for_job(self.id)
+        return JobChannelWatch(self.client, self.id)
 
     def result(self, missing: Missing = "raise") -> Matrix:
         """Vectors in input order, exactly `total` rows, fetched from the cache by digest.
@@ -192,46 +205,21 @@ class Job:
         return unpack_positions(as_bytes(blob)) if blob else []
 
 
-class _ProgressWatch:
-    """The job's pub/sub channel, on the calling thread's pub/sub connection (kept between waits:
-    a new connection per wait costs more than the rest of a small job's round trip). A broken
-    connection is dropped and a new one subscribes on the next wait."""
+class _ProgressBar:
+    """tqdm over the job's positions, made only when asked for (a small job's wait skips its cost)."""
 
-    def __init__(self, client: EmbeddingClient, channel: str) -> None:
-        self.client = client
-        self.channel = channel
-        self.pubsub: redis.client.PubSub | None = None
+    def __init__(self, job_id: str, shown: bool) -> None:
+        self.job_id = job_id
+        self.shown = shown
+        self.bar: tqdm | None = None
 
-    def open(self) -> None:
-        try:
-            self.pubsub = self.client.thread_pubsub()
-            self.pubsub.subscribe(self.channel)
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._drop()
-
-    def wait(self, timeout: float) -> None:
-        """Until an announcement or `timeout`; after a lost connection, re-subscribe and return at once."""
-        if self.pubsub is None:
-            time.sleep(min(timeout, OUTAGE_BACKOFF_S))
-            self.open()
+    def show(self, record: JobRecord) -> None:
+        if not self.shown:
             return
-        deadline = time.monotonic() + timeout
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                # Subscribe and unsubscribe confirmations come back as None: keep waiting past them.
-                if self.pubsub.get_message(timeout=left) is not None:
-                    return
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._drop()
+        if self.bar is None:
+            self.bar = tqdm(total=record.total, unit="text", desc=f"job {self.job_id[:8]}")
+        self.bar.update(record.done + record.failed - self.bar.n)
 
     def close(self) -> None:
-        if self.pubsub is not None:
-            try:
-                self.pubsub.unsubscribe(self.channel)
-            except redis.RedisError:
-                self._drop()
-            self.pubsub = None
-
-    def _drop(self) -> None:
-        self.client.drop_thread_pubsub()
-        self.pubsub = None
+        if self.bar is not None:
+            self.bar.close()

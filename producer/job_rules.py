@@ -91,10 +91,11 @@ def no_texts(job_id: str, absent: int = 0) -> EmbedFleetError:
     return ResultIncompleteError(f"{what} holds no texts: pass them (job.resume(texts)) or resubmit them")
 
 
-def wait_timeout(record: JobRecord, timeout: float | None) -> JobTimeoutError:
+def wait_timeout(job_id: str, record: JobRecord | None, timeout: float | None) -> JobTimeoutError:
+    done = f" ({record.done}/{record.total} done)" if record is not None else ""
     return JobTimeoutError(
-        f"job {record.id} not finished after {timeout}s ({record.done}/{record.total} done); it keeps "
-        f"running: wait again or re-attach with client.job({record.id!r})"
+        f"job {job_id} not finished after {timeout}s{done}; it keeps "
+        f"running: wait again or re-attach with client.job({job_id!r})"
     )
 
 
@@ -125,11 +126,13 @@ class StallClock:
         return True
 
 
-def pause_s(deadline: float | None, record: JobRecord, timeout: float | None, poll_s: float) -> float:
+def pause_s(
+    deadline: float | None, job_id: str, record: JobRecord | None, timeout: float | None, poll_s: float
+) -> float:
     """How long to wait for the next announcement; raises once the caller's timeout has passed."""
     if deadline is None:
         return poll_s
     left = deadline - time.monotonic()
     if left <= 0:
-        raise wait_timeout(record, timeout)
+        raise wait_timeout(job_id, record, timeout)
     return min(poll_s, left)

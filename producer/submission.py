@@ -73,8 +73,12 @@ def prepare_job(
     cut: list[bool],
     settings: FleetSettings,
     priority: Lane | str | None,
+    notify: str = "",
 ) -> PreparedJob:
-    """The record and payloads of a job: only cache misses, each distinct text once, by length."""
+    """The record and payloads of a job: only cache misses, each distinct text once, by length.
+
+    `notify`: a waiting thread's own channel, where the job's end is announced too.
+    """
     # Chunks of similar length pad little in the worker's batches; order is kept by the digests.
     # Longest first, and the last chunks halving down to one engine run (EMBED_MAX_BATCH_SIZE texts):
     # a job's last chunks are its quickest, so its processes finish close together.
@@ -101,6 +105,7 @@ def prepare_job(
         ),
         created=now,
         updated=now,
+        notify=notify,
     )
     if not payloads:
         record.state, record.finished = JobState.DONE, now

@@ -6,6 +6,8 @@
 -- ARGV[1] chunk number      ARGV[2] positions done   ARGV[3] positions failed   ARGV[4] truncated positions
 -- ARGV[5] error text ("" when nothing failed)   ARGV[6] failed positions, packed uint32
 -- ARGV[7] progress channel  ARGV[8] job id
+-- Announces the new count on the progress channel; the last chunk announces the whole ended record
+-- instead (cjson of HGETALL), there and on the record's `notify` channel, if it names one.
 -- Returns 1 when counted, 0 when the chunk was already counted, -1 when the job is gone.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
@@ -38,7 +40,8 @@ if ARGV[5] ~= '' then
     redis.call('HSET', KEYS[1], 'error', ARGV[5])
   end
 end
-local job = redis.call('HMGET', KEYS[1], 'state', 'chunks', 'error')
+local job = redis.call('HMGET', KEYS[1], 'state', 'chunks', 'error', 'notify')
+local announcement = counted
 if job[1] == 'queued' and counted >= tonumber(job[2]) then
   local state = 'done'
   if job[3] ~= '' then
@@ -48,6 +51,10 @@ if job[1] == 'queued' and counted >= tonumber(job[2]) then
   redis.call('ZREM', KEYS[7], ARGV[8])
   redis.call('HINCRBY', KEYS[8], state, 1)
   redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+  announcement = cjson.encode(redis.call('HGETALL', KEYS[1]))
+  if job[4] and job[4] ~= '' then
+    redis.call('PUBLISH', job[4], announcement)
+  end
 end
-redis.call('PUBLISH', ARGV[7], counted)
+redis.call('PUBLISH', ARGV[7], announcement)
 return 1

@@ -4,8 +4,10 @@
 -- KEYS[4] leases hash       KEYS[5] orphans hash         KEYS[6] jobs ended by state (hash)
 -- ARGV[1] final state ("failed" | "cancelled")   ARGV[2] error text   ARGV[3] progress channel
 -- ARGV[4] job id            ARGV[5] only if no progress since this server time ("" = always)
+-- Announces the ended record (cjson of HGETALL) on the progress channel and on the record's
+-- `notify` channel, if it names one.
 -- Returns 1 when ended, 0 when it had already ended (or progressed since ARGV[5]), -1 when gone.
-local job = redis.call('HMGET', KEYS[1], 'state', 'updated', 'counted')
+local job = redis.call('HMGET', KEYS[1], 'state', 'updated', 'notify')
 if not job[1] then
   redis.call('ZREM', KEYS[2], ARGV[4])
   return -1
@@ -22,5 +24,9 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1], 'error', ARGV[2], 'finished', stam
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call('HINCRBY', KEYS[6], ARGV[1], 1)
-redis.call('PUBLISH', ARGV[3], job[3])
+local announcement = cjson.encode(redis.call('HGETALL', KEYS[1]))
+if job[3] and job[3] ~= '' then
+  redis.call('PUBLISH', job[3], announcement)
+end
+redis.call('PUBLISH', ARGV[3], announcement)
 return 1

@@ -1,12 +1,14 @@
 """Digests, codec, job records and settings: what producers and workers must agree on."""
 
+import json
+
 import numpy as np
 import pytest
 
 from contract.celery_config import celery_config
 from contract.codec import VectorCodecError, decode_vectors, encode_vector
 from contract.digest import digest_for
-from contract.jobs import JobRecord, JobState, pack_digests, unpack_digests
+from contract.jobs import JobRecord, JobState, ended_record, pack_digests, unpack_digests
 from contract.settings import FleetSettings, usable_cpus
 
 
@@ -35,6 +37,18 @@ def test_job_record_round_trips_through_a_redis_hash() -> None:
     )
     raw = {key.encode(): str(value).encode() for key, value in record.to_redis().items()}  # type: ignore[union-attr]
     assert JobRecord.from_redis(raw) == record
+
+
+def test_an_ended_jobs_announcement_carries_its_record_and_a_progress_count_does_not() -> None:
+    record = JobRecord(id="j", total=2, fingerprint="fp", dims=384, chunks=1, counted=1, done=2, state=JobState.DONE)
+    pairs = [item for key, value in record.to_redis().items() for item in (str(key), str(value))]
+    assert ended_record(json.dumps(pairs).encode()) == record  # what cjson.encode(HGETALL) publishes
+    queued = JobRecord(id="j", total=2, fingerprint="fp", dims=384).to_redis()
+    assert ended_record(json.dumps([str(item) for pair in queued.items() for item in pair])) is None
+    assert ended_record(b"3") is None  # a progress count
+    assert ended_record(b'["id", "j", "state"]') is None
+    assert ended_record(b'["state", "done"]') is None  # not a whole record
+    assert ended_record(b"{not json") is None
 
 
 def test_digests_pack_in_order() -> None:

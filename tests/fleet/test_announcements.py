@@ -1,0 +1,65 @@
+"""How waits hear of a job's end (producer.announcements), on a real fleet and its Redis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from contract import keys
+from contract.jobs import JobRecord, JobState, ended_record
+from producer import EmbeddingClient
+from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
+
+pytestmark = pytest.mark.fleet
+
+
+def _next_record(listener: redis.client.PubSub, timeout_s: float = JOB_TIMEOUT_S) -> JobRecord | None:
+    message = listener.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+    return None if message is None else ended_record(message["data"])
+
+
+def test_an_embed_hears_its_end_on_the_threads_own_channel_and_reads_no_status(
+    client: EmbeddingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = client.thread_waiter().channel
+    listener = client.redis.pubsub()
+    listener.subscribe(channel)
+    assert listener.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    status_reads: list[str] = []
+    read = client.ledger.record
+    monkeypatch.setattr(client.ledger, "record", lambda job_id: status_reads.append(job_id) or read(job_id))
+
+    vectors = client.embed(unique_texts(3), timeout=JOB_TIMEOUT_S)
+
+    announced = _next_record(listener)
+    assert vectors.shape == (3, 384) and status_reads == []
+    assert announced is not None and announced.state is JobState.DONE and announced.done == 3
+    assert announced.notify == channel and read(announced.id) == announced
+    listener.close()
+
+
+def test_a_cancelled_job_announces_its_ended_record_on_its_channel(client: EmbeddingClient) -> None:
+    job = client.submit(unique_texts(3_000), priority="bulk")
+    listener = client.redis.pubsub()
+    listener.subscribe(keys.job_channel(job.id))
+    listener.get_message(timeout=5)
+    job.cancel()
+    while (message := listener.get_message(ignore_subscribe_messages=True, timeout=JOB_TIMEOUT_S)) is not None:
+        if ended_record(message["data"]) is not None:
+            break
+        int(message["data"])  # before it ended: progress counts only
+    assert message is not None
+    announced = ended_record(message["data"])
+    assert announced is not None and announced.state is JobState.CANCELLED and announced.id == job.id
+    assert json.loads(message["data"])[0] == "id"
+    listener.close()
+
+
+def test_a_wait_whose_own_channel_drops_still_ends_by_reading_status(client: EmbeddingClient) -> None:
+    job = client.submit_to_wait(unique_texts(1_500), priority="bulk")
+    client.redis.client_kill_filter(_type="pubsub")  # the announcement can no longer reach this wait
+    record = job.wait(timeout=JOB_TIMEOUT_S)
+    assert record.state is JobState.DONE and record.done == 1_500
+    assert client.embed(unique_texts(2), timeout=JOB_TIMEOUT_S).shape == (2, 384)  # subscribed again
