@@ -100,8 +100,8 @@ def failed_outcome(payload: ChunkPayload | None, error: str) -> ChunkOutcome:
 class JobLedger:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._claim = client.register_script(load_lua("claim_chunk"))
-        self._complete = client.register_script(load_lua("complete_chunk"))
+        # Pipelines EVAL the claim and complete steps: with a registered Script, redis-py first sends
+        # SCRIPT EXISTS for it, one more round trip per batch (Redis caches EVAL's scripts by SHA too).
         self._end = client.register_script(load_lua("end_job"))
 
     def record(self, job_id: str) -> JobRecord | None:
@@ -134,7 +134,7 @@ class JobLedger:
                 keys.job_leases_key(job),
                 keys.job_attempts_key(job),
             ]
-            self._claim(keys=chunk_keys, args=[ref.chunk, node, int(lease_s)], client=pipe)
+            pipe.eval(load_lua("claim_chunk"), len(chunk_keys), *chunk_keys, ref.chunk, node, int(lease_s))
         return [_claim(reply) for reply in pipe.execute()]
 
     def mark_running(self, ref: ChunkRef, index: int | None) -> None:
@@ -193,7 +193,7 @@ class JobLedger:
             keys.job_channel(job),
             job,
         ]
-        self._complete(keys=chunk_keys, args=args, client=pipe)
+        pipe.eval(load_lua("complete_chunk"), len(chunk_keys), *chunk_keys, *args)
 
     def end_job(
         self, job_id: str, state: JobState, error: str, unless_progress_since: float | None = None

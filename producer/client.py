@@ -24,7 +24,7 @@ from producer.coalescing import EmbedCoalescer
 from producer.errors import RedisUnavailableError
 from producer.job import Job
 from producer.job_rules import CALL_RETRY_S
-from producer.planning import clip_texts, plan_job, validate_texts
+from producer.planning import JobPlan, clip_texts, plan_job, validate_texts
 from producer.submission import (
     PreparedJob,
     PublishFailed,
@@ -105,7 +105,10 @@ class EmbeddingClient:
         return ModelIdentity(build.fingerprint, build.dims)
 
     def submit(self, texts: Sequence[str], priority: Lane | str | None = None) -> Job:
-        """Queue only the cache misses, each distinct text once; returns at once with the job.
+        """Queue the cache misses, each distinct text once; returns at once with the job.
+
+        A small job (at most EMBED_INTERACTIVE_MAX_TEXTS distinct texts) is queued whole, in the
+        cache look's round trip: the worker counts its cached texts without embedding them again.
 
         Jobs with at most EMBED_INTERACTIVE_MAX_TEXTS texts to embed ride the interactive lane,
         larger ones the bulk lane; `priority="interactive"|"bulk"` chooses explicitly.
@@ -122,15 +125,41 @@ class EmbeddingClient:
         texts = validate_texts(texts, self.settings.max_job_texts)
         build = self.build()
         plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
-        hits, cut = self.cache.look(build.fingerprint, plan.unique_digests)
         notify = waiter.channel if waiter is not None else ""
-        job = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
-        pipe = self.redis.pipeline(transaction=True)
-        queue_store(pipe, job, self.settings.job_ttl_s)
-        pipe.execute()
+        if 0 < len(plan.unique_digests) <= self.settings.interactive_max_texts:
+            job = self._look_and_store(plan, build, priority, notify)
+        else:
+            hits, cut = self.cache.look(build.fingerprint, plan.unique_digests)
+            job = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
+            self._store(job)
         self._publish(job)
         final = job.record if job.record.state.finished else None  # every text was cached
         return Job(self, job.record.id, texts, priority, plan.digests, waiter=waiter, final=final)
+
+    def _look_and_store(
+        self, plan: JobPlan, build: BuildAdvert, priority: Lane | str | None, notify: str
+    ) -> PreparedJob:
+        """A small job is stored as if no text were cached, in the cache look's round trip: for small
+        requests new texts are the rule. The worker counts its cached texts without embedding them;
+        a job whose every text is cached is stored again, ended, under a new id."""
+        count = len(plan.unique_digests)
+        job = prepare_job(plan, build, [False] * count, [False] * count, self.settings, priority, notify)
+        pipe = self.redis.pipeline(transaction=True)
+        self.cache.queue_look(pipe, build.fingerprint, plan.unique_digests)
+        queue_store(pipe, job, self.settings.job_ttl_s)
+        hits, cut = self.cache.read_look(pipe.execute()[: self.cache.look_replies(count)], count)
+        if not all(hits):
+            return job
+        ended = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
+        self._store(ended, replacing=job.record.id)
+        return ended
+
+    def _store(self, job: PreparedJob, replacing: str = "") -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        if replacing:
+            queue_withdraw(pipe, replacing)
+        queue_store(pipe, job, self.settings.job_ttl_s)
+        pipe.execute()
 
     def job(self, job_id: str) -> Job:
         job = Job(self, job_id)

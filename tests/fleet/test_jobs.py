@@ -14,6 +14,7 @@ import pytest
 
 from contract import keys
 from contract.celery_config import EMBED_TASK
+from contract.codec import encode_vector
 from contract.jobs import ChunkRef
 from contract.lanes import Lane, queue_name
 from contract.ledger import ClaimStatus, JobLedger
@@ -62,6 +63,22 @@ def test_resubmitting_the_same_texts_executes_no_task(any_client: EmbeddingClien
     record = again.status()
     assert record.chunks == 0 and record.state.value == "done" and record.done == 40
     np.testing.assert_array_equal(again.result(), first)
+
+
+def test_a_small_job_queued_whole_never_embeds_its_cached_texts_again(client: EmbeddingClient) -> None:
+    texts = unique_texts(3)
+    client.embed(texts[:2], timeout=JOB_TIMEOUT_S)
+    fingerprint = client.build().fingerprint
+    marker = np.zeros(384, dtype=np.float32)
+    marker[7] = 1.0  # a vector no embedding gives: it stays only if no worker writes this text again
+    digest = plan_job([texts[0]], fingerprint).digests[0]
+    client.redis.set(keys.vector_key(fingerprint, digest), encode_vector(marker))
+    job = client.submit(texts)  # two cached texts, one new: queued whole
+    record = job.wait(timeout=JOB_TIMEOUT_S)
+    vectors = job.result()
+    assert record.state.value == "done" and (record.chunks, record.done) == (1, 3)
+    np.testing.assert_array_equal(vectors[0], marker)
+    assert abs(float(np.linalg.norm(vectors[2])) - 1.0) < 1e-3
 
 
 def test_evicted_rows_raise_by_position_and_recompute_embeds_them_again(client: EmbeddingClient) -> None:
