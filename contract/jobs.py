@@ -151,7 +151,11 @@ def task_id_of(raw_message: bytes | str) -> str:
 
 def ref_of(raw_message: bytes | str) -> ChunkRef | None:
     """The chunk a raw message names, with its size header (0 where missing), or None."""
-    headers = headers_of(raw_message)
+    return ref_in(headers_of(raw_message))
+
+
+def ref_in(headers: Mapping[str, object]) -> ChunkRef | None:
+    """The chunk a message's headers name (its task id and size header), or None."""
     ref = ChunkRef.from_task_id(str(headers.get("id", "")))
     texts = headers.get(TEXTS_HEADER, 0)
     return ChunkRef(ref.job_id, ref.chunk, texts if _count(texts) else 0) if ref else None  # type: ignore[arg-type]

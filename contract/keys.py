@@ -127,6 +127,6 @@ def carried_key(task_id: str) -> str:
     return f"{FLEET_PREFIX}:carried:{task_id}"
 
 
-def reconciler_lock_key() -> str:
-    """String with a TTL: the node whose turn it is to sweep, so one sweep runs at a time."""
-    return f"{FLEET_PREFIX}:reconciler"
+def reconciler_lock_key(model: str) -> str:
+    """String with a TTL: the node whose turn it is to sweep, so one sweep of a model's jobs runs at once."""
+    return f"{FLEET_PREFIX}:reconciler:{model}"

@@ -2,13 +2,14 @@
 
 Celery hands a pool process one message at a time, and a 1-text chunk alone wastes most of an
 engine run. So a small task on the interactive lane also takes the small chunks waiting behind it
-on the same queue, straight off the broker's list (one RPOP, oldest first), up to
-EMBED_GATHER_MAX_TEXTS texts in all, and the runner embeds them together (docs/benchmarks.md
-compares this with the alternatives). Each message's size header says how many texts it holds;
-the first that would not fit goes back with those after it, in order, so a big interactive job
-still spreads over every process.
+on the same queue, straight off the broker, oldest first, up to EMBED_GATHER_MAX_TEXTS texts in
+all, and the runner embeds them together (docs/benchmarks.md compares this with the
+alternatives). Each message's size header says how many texts it holds; the first that would not
+fit goes back, in its place, so a big interactive job still spreads over every process. On Redis
+one RPOP takes them off the list (kombu keeps a queue as a list); on RabbitMQ kombu's `Queue.get`
+(basic_get) takes one at a time, acked once it fits, else rejected back to its place.
 
-Carried messages leave the broker at once, so no ack is owed for them; the job protocol protects
+Taken messages leave the broker at once, so no ack is owed for them; the job protocol protects
 them instead. The runner claims each one (a lease), checks and counts each one, and while they
 run their references are noted under the carrier's task id: if the process dies, the main
 process (worker.requests) counts a failure for each and publishes it again, so the chunks retry
@@ -19,19 +20,91 @@ again, as it does for any chunk a dead node held.
 from __future__ import annotations
 
 import json
-from typing import cast
+import logging
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import redis
+from amqp.exceptions import AMQPError
+from kombu import Connection, Queue
+from kombu.exceptions import KombuError
+from kombu.transport.virtual import Channel
 
 from contract import keys
-from contract.jobs import ChunkRef, ref_of
+from contract.jobs import ChunkRef, ref_in, ref_of
+
+log = logging.getLogger(__name__)
+BROKER_ERRORS = (OSError, KombuError, AMQPError)  # a lost connection, a failed reconnect, a channel error
+
+
+class LaneSource(Protocol):
+    def take(self, queue: str, budget: int) -> list[ChunkRef]:
+        """Waiting chunks of `queue`, oldest first, up to `budget` texts, removed from the broker."""
+
+
+class RedisListSource:
+    """kombu's Redis transport: a queue is a list, consumers pop its right end."""
+
+    def __init__(self, broker: redis.Redis) -> None:
+        self.broker = broker
+
+    def take(self, queue: str, budget: int) -> list[ChunkRef]:
+        raws = cast(list[bytes], self.broker.rpop(queue, budget) or [])
+        taken: list[ChunkRef] = []
+        for index, raw in enumerate(raws):
+            ref = ref_of(raw)
+            if ref is None or not 0 < ref.texts <= budget:
+                self.broker.rpush(queue, *reversed(raws[index:]))  # back where they were, oldest last
+                break
+            taken.append(ref)
+            budget -= ref.texts
+        return taken
+
+
+class AmqpSource:
+    """RabbitMQ: basic_get on a connection of this process, opened when first needed (after the fork).
+
+    A broker error ends the take with what it has (already acked, so it must run); the connection is
+    opened again next time. Gathering is an optimisation: the task's own chunk runs either way.
+    """
+
+    def __init__(self, connect: Callable[[], Connection]) -> None:
+        self.connect = connect
+        self.connection: Connection | None = None
+
+    def take(self, queue: str, budget: int) -> list[ChunkRef]:
+        taken: list[ChunkRef] = []
+        try:
+            lane = Queue(queue, no_declare=True)(self._channel())
+            while budget > 0 and (message := lane.get(no_ack=False)) is not None:
+                ref = ref_in(message.headers or {})
+                if ref is None or not 0 < ref.texts <= budget:
+                    message.reject(requeue=True)  # RabbitMQ puts it back in its place
+                    break
+                message.ack()
+                taken.append(ref)
+                budget -= ref.texts
+        except BROKER_ERRORS as exc:
+            log.warning("gathering from %s stopped: %s: %s", queue, type(exc).__name__, exc)
+            self.close()
+        return taken
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.release()
+
+    def _channel(self) -> Channel:
+        if self.connection is None:
+            connection = self.connect()
+            connection.ensure_connection(max_retries=1)
+            self.connection = connection
+        return self.connection.default_channel
 
 
 class QueueGatherer:
-    def __init__(
-        self, broker: redis.Redis | None, cache: redis.Redis, max_texts: int, note_ttl_s: float
-    ) -> None:
-        self.broker = broker
+    def __init__(self, source: LaneSource, cache: redis.Redis, max_texts: int, note_ttl_s: float) -> None:
+        self.source = source
         self.cache = cache
         self.max_texts = max_texts
         self.note_ttl_s = note_ttl_s
@@ -39,8 +112,7 @@ class QueueGatherer:
     def take(self, queue: str, own_texts: int) -> list[ChunkRef]:
         """Waiting small chunks of `queue` that fit beside a chunk of `own_texts` texts, removed from it.
 
-        None ([]) where the broker is not Redis, or where the task's own chunk is not small (its size
-        unknown, or already the whole budget).
+        None ([]) where the task's own chunk is not small (its size unknown, or already the whole budget).
         """
         if own_texts <= 0:
             return []
@@ -52,22 +124,7 @@ class QueueGatherer:
         return self._take(queue, max_texts)
 
     def _take(self, queue: str, budget: int) -> list[ChunkRef]:
-        if self.broker is None or budget <= 0:
-            return []
-        raws = cast(list[bytes], self.broker.rpop(queue, budget) or [])
-        taken: list[ChunkRef] = []
-        for index, raw in enumerate(raws):
-            ref = ref_of(raw)
-            if ref is None or not 0 < ref.texts <= budget:
-                self._put_back(queue, raws[index:])
-                break
-            taken.append(ref)
-            budget -= ref.texts
-        return taken
-
-    def _put_back(self, queue: str, raws: list[bytes]) -> None:
-        """Back where they were: the oldest ends up where the consumers pop first."""
-        self.broker.rpush(queue, *reversed(raws))  # type: ignore[union-attr]
+        return self.source.take(queue, budget) if budget > 0 else []
 
     def note(self, carrier_task_id: str, queue: str, carried: list[ChunkRef]) -> None:
         record = {"queue": queue, "chunks": [[ref.job_id, ref.chunk, ref.texts] for ref in carried]}

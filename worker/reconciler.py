@@ -7,8 +7,10 @@ can compare, for each running job, the chunks not yet counted with those queued 
 lane queues and those leased to a live worker. A chunk in neither for EMBED_RECONCILE_GRACE_S is
 published again under its own task id; a duplicate costs one claim, and counting stays exact.
 A job whose build has no live worker and that made no progress for EMBED_STALL_TIMEOUT_S ends
-failed, saying so. One node sweeps at a time (a lock in Redis); `python -m worker reconcile` runs
-one sweep by hand.
+failed, saying so. One node per model sweeps at a time (a lock in Redis); `python -m worker
+reconcile` runs one sweep by hand. Chunks are sent again only for jobs of the sweeping node's own
+model: fleets of other models may share the cache but not the broker, and their own nodes know
+where their chunks wait.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class Reconciler:
     def take_turn(self, node: str) -> bool:
         """True when this node holds the sweep lock for this interval."""
         lock_ms = int(self.settings.reconcile_interval_s * 1000 * LOCK_SHARE_OF_INTERVAL)
-        return bool(self.ledger.redis.set(keys.reconciler_lock_key(), node, nx=True, px=lock_ms))
+        lock = keys.reconciler_lock_key(self.settings.model_name)
+        return bool(self.ledger.redis.set(lock, node, nx=True, px=lock_ms))
 
     def sweep(self, job_ids: Iterable[str] | None = None) -> SweepReport:
         if job_ids is None:
@@ -87,6 +90,8 @@ class Reconciler:
         live = set(self.registry.live_nodes(record.model, record.fingerprint))
         if not live:
             self._end_if_stalled(record, now, report)
+            return
+        if record.model != self.settings.model_name:
             return
         unheld = self._unheld_chunks(record, live, now)
         queue = queue_name(record.model, record.fingerprint, record.lane)

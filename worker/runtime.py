@@ -12,7 +12,7 @@ from contract.redis_connection import broker_client, connect
 from contract.settings import FleetSettings, get_settings
 from contract.vector_cache import VectorCache
 from worker.engine import EmbeddingEngine
-from worker.gathering import QueueGatherer
+from worker.gathering import AmqpSource, LaneSource, QueueGatherer, RedisListSource
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,14 @@ def open_runtime(settings: FleetSettings | None = None) -> ProcessRuntime:
         engine = EmbeddingEngine(settings.model_dir, settings)
         engine.warm_up()
         client = connect(settings.cache_url, settings)
-        broker = broker_client(settings, client)
+        source = _lane_source(settings, client)
         _runtime = ProcessRuntime(
             settings,
             engine,
             client,
             VectorCache(client, settings.cache_ttl_s, settings.fetch_batch_size),
             JobLedger(client),
-            QueueGatherer(broker, client, settings.gather_max_texts, settings.lease_s()),
+            QueueGatherer(source, client, settings.gather_max_texts, settings.lease_s()),
         )
         log.info(
             "engine ready: %s (%s), %d intra-op threads",
@@ -58,3 +58,13 @@ def open_runtime(settings: FleetSettings | None = None) -> ProcessRuntime:
             engine.threads,
         )
     return _runtime
+
+
+def _lane_source(settings: FleetSettings, cache: redis.Redis) -> LaneSource:
+    """Where waiting chunks are taken from: the broker's Redis lists, or RabbitMQ's queues."""
+    broker = broker_client(settings, cache)
+    if broker is not None:
+        return RedisListSource(broker)
+    from worker.app import app  # not at import: the app's module opens this runtime in each child
+
+    return AmqpSource(app.connection_for_read)

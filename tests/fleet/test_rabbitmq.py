@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from contract import keys
-from contract.celery_config import EMBED_TASK
+from contract.celery_config import EMBED_TASK, make_celery
 from contract.fleet_metrics import AmqpQueueProbe
 from contract.jobs import ChunkRef
 from contract.lanes import Lane, queue_name
@@ -21,6 +21,7 @@ from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient
 from tests.fleet.conftest import RABBITMQ_URL
 from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
+from worker.reconciler import Reconciler
 
 pytestmark = pytest.mark.fleet
 
@@ -73,3 +74,15 @@ def test_queue_depth_is_read_from_rabbitmq(rabbit_fleet: LocalFleet, rabbit_clie
     depth = AmqpQueueProbe(RABBITMQ_URL).depths([bulk])[bulk]
     job.wait(timeout=JOB_TIMEOUT_S)
     assert depth > 0 and AmqpQueueProbe(RABBITMQ_URL).depths([bulk])[bulk] == 0
+
+
+def test_a_redis_fleet_sharing_the_cache_leaves_rabbitmq_chunks_alone(
+    fleet: LocalFleet, rabbit_client: EmbeddingClient
+) -> None:
+    """Its reconciler cannot see RabbitMQ's queues: it must not take queued chunks for lost ones."""
+    job = rabbit_client.submit(unique_texts(3_000), priority="bulk")
+    settings = fleet.settings.model_copy(update={"reconcile_grace_s": 0})  # resend at first sight
+    report = Reconciler(make_celery(settings), rabbit_client.redis, settings).sweep([job.id])
+    assert not job.status().state.finished
+    job.cancel()
+    assert report.jobs == 1 and report.resent == []

@@ -40,7 +40,9 @@ def test_job_record_round_trips_through_a_redis_hash() -> None:
 
 
 def test_an_ended_jobs_announcement_carries_its_record_and_a_progress_count_does_not() -> None:
-    record = JobRecord(id="j", total=2, fingerprint="fp", dims=384, chunks=1, counted=1, done=2, state=JobState.DONE)
+    record = JobRecord(
+        id="j", total=2, fingerprint="fp", dims=384, chunks=1, counted=1, done=2, state=JobState.DONE
+    )
     pairs = [item for key, value in record.to_redis().items() for item in (str(key), str(value))]
     assert ended_record(json.dumps(pairs).encode()) == record  # what cjson.encode(HGETALL) publishes
     queued = JobRecord(id="j", total=2, fingerprint="fp", dims=384).to_redis()
