@@ -42,7 +42,7 @@ from producer.job_rules import (
     outage,
     pause_s,
 )
-from producer.planning import clip_texts, plan_job, validate_texts
+from producer.planning import JobPlan, clip_texts, plan_job, validate_texts
 from producer.submission import (
     PreparedJob,
     PublishFailed,
@@ -88,21 +88,46 @@ class AsyncEmbeddingClient:
         return choose_build(await self._live_builds(), self.settings)
 
     async def submit(self, texts: Sequence[str], priority: Lane | str | None = None) -> AsyncJob:
-        """As EmbeddingClient.submit: returns at once with the job; only cache misses are queued."""
+        """As EmbeddingClient.submit: returns at once with the job; a small one is queued whole."""
         texts = validate_texts(texts, self.settings.max_job_texts)
         build = await self.build()
         plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
-        pipe = self.redis.pipeline(transaction=False)
-        self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
-        hits, cut = self.cache.read_look(await pipe.execute(), len(plan.unique_digests))
-        job = prepare_job(plan, build, hits, cut, self.settings, priority)
+        count = len(plan.unique_digests)
+        if 0 < count <= self.settings.interactive_max_texts:
+            job, hits = await self._look_and_store(plan, build, priority)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
+            hits, cut = self.cache.read_look(await pipe.execute(), count)
+            job = prepare_job(plan, build, hits, cut, self.settings, priority)
+            await self._store(job)
         if self.on_submit is not None:
-            self.on_submit(job.record.done, job.record.total)
-        pipe = self.redis.pipeline(transaction=True)
-        queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
-        await pipe.execute()
+            self.on_submit(sum(plan.count(i) for i, hit in enumerate(hits) if hit), job.record.total)
         await self._publish(job)
         return AsyncJob(self, job.record.id, texts=texts, priority=priority, digests=plan.digests)
+
+    async def _look_and_store(
+        self, plan: JobPlan, build: BuildAdvert, priority: Lane | str | None
+    ) -> tuple[PreparedJob, list[bool]]:
+        """As EmbeddingClient._look_and_store; also gives which texts were cached."""
+        count = len(plan.unique_digests)
+        job = prepare_job(plan, build, [False] * count, [False] * count, self.settings, priority)
+        pipe = self.redis.pipeline(transaction=True)
+        self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
+        queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
+        hits, cut = self.cache.read_look((await pipe.execute())[: self.cache.look_replies(count)], count)
+        if not all(hits):
+            return job, hits
+        ended = prepare_job(plan, build, hits, cut, self.settings, priority)
+        await self._store(ended, replacing=job.record.id)
+        return ended, hits
+
+    async def _store(self, job: PreparedJob, replacing: str = "") -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        if replacing:
+            queue_withdraw(cast(Any, pipe), replacing)
+        queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
+        await pipe.execute()
 
     async def job(self, job_id: str) -> AsyncJob:
         job = AsyncJob(self, job_id)
