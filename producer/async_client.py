@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
-import redis.asyncio as aioredis
 
 from contract import keys
 from contract.celery_config import make_celery
@@ -27,6 +26,7 @@ from contract.lua_scripts import load_lua
 from contract.redis_connection import as_bytes, async_connect, explain, mask_url
 from contract.settings import FleetSettings
 from contract.vector_cache import VectorCache
+from producer.announcements import AsyncWaiterChannel
 from producer.coalescing import AsyncEmbedCoalescer
 from producer.errors import JobLostError, JobTimeoutError, RedisUnavailableError, ResultIncompleteError
 from producer.job_rules import (
@@ -68,6 +68,9 @@ class AsyncEmbeddingClient:
         )
         self.celery = make_celery(self.settings, main="producer")
         self._end = self.redis.register_script(load_lua("end_job"))
+        self._waiter = AsyncWaiterChannel(
+            self.redis, self.settings.redis_socket_timeout_s, self.settings.wait_poll_s
+        )
         self._builds: tuple[float, list[BuildAdvert]] = (0.0, [])
         self._embeds = AsyncEmbedCoalescer(
             self, self.settings.coalesce_max_texts, self.settings.coalesce_inflight
@@ -75,6 +78,7 @@ class AsyncEmbeddingClient:
 
     async def aclose(self) -> None:
         await self._embeds.aclose()
+        await self._waiter.aclose()
         await self.redis.aclose()
         await asyncio.to_thread(self.celery.close)
 
@@ -89,36 +93,53 @@ class AsyncEmbeddingClient:
 
     async def submit(self, texts: Sequence[str], priority: Lane | str | None = None) -> AsyncJob:
         """As EmbeddingClient.submit: returns at once with the job; a small one is queued whole."""
+        return await self._submit(texts, priority, None)
+
+    async def submit_to_wait(self, texts: Sequence[str], priority: Lane | str | None = None) -> AsyncJob:
+        """As EmbeddingClient.submit_to_wait: the job's end is announced on this client's own channel."""
+        return await self._submit(texts, priority, self._waiter if await self._waiter.ready() else None)
+
+    async def _submit(
+        self, texts: Sequence[str], priority: Lane | str | None, waiter: AsyncWaiterChannel | None
+    ) -> AsyncJob:
         texts = validate_texts(texts, self.settings.max_job_texts)
         build = await self.build()
         plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
         count = len(plan.unique_digests)
+        notify = waiter.channel if waiter is not None else ""
         if 0 < count <= self.settings.interactive_max_texts:
-            job, hits = await self._look_and_store(plan, build, priority)
+            job, hits = await self._look_and_store(plan, build, priority, notify)
         else:
             pipe = self.redis.pipeline(transaction=False)
             self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
             hits, cut = self.cache.read_look(await pipe.execute(), count)
-            job = prepare_job(plan, build, hits, cut, self.settings, priority)
+            job = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
             await self._store(job)
         if self.on_submit is not None:
             self.on_submit(sum(plan.count(i) for i, hit in enumerate(hits) if hit), job.record.total)
-        await self._publish(job)
-        return AsyncJob(self, job.record.id, texts=texts, priority=priority, digests=plan.digests)
+        final = job.record if job.record.state.finished else None  # every text was cached
+        end = (waiter, waiter.expect(job.record.id)) if waiter is not None and final is None else None
+        try:
+            await self._publish(job)
+        except BaseException:
+            if end is not None:
+                end[0].forget(job.record.id)
+            raise
+        return AsyncJob(self, job.record.id, texts, priority, plan.digests, end=end, final=final)
 
     async def _look_and_store(
-        self, plan: JobPlan, build: BuildAdvert, priority: Lane | str | None
+        self, plan: JobPlan, build: BuildAdvert, priority: Lane | str | None, notify: str
     ) -> tuple[PreparedJob, list[bool]]:
         """As EmbeddingClient._look_and_store; also gives which texts were cached."""
         count = len(plan.unique_digests)
-        job = prepare_job(plan, build, [False] * count, [False] * count, self.settings, priority)
+        job = prepare_job(plan, build, [False] * count, [False] * count, self.settings, priority, notify)
         pipe = self.redis.pipeline(transaction=True)
         self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
         queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
         hits, cut = self.cache.read_look((await pipe.execute())[: self.cache.look_replies(count)], count)
         if not all(hits):
             return job, hits
-        ended = prepare_job(plan, build, hits, cut, self.settings, priority)
+        ended = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
         await self._store(ended, replacing=job.record.id)
         return ended, hits
 
@@ -139,7 +160,7 @@ class AsyncEmbeddingClient:
         texts = validate_texts(texts, self.settings.max_job_texts)
         if 0 < len(texts) <= self.settings.coalesce_max_texts:
             return await self._embeds.embed(texts, timeout)
-        job = await self.submit(texts, priority=Lane.INTERACTIVE)
+        job = await self.submit_to_wait(texts, priority=Lane.INTERACTIVE)
         await job.wait(timeout=timeout)
         return await job.result()
 
@@ -203,6 +224,8 @@ class AsyncJob:
         texts: Sequence[str] | None = None,
         priority: Lane | str | None = None,
         digests: list[str] | None = None,
+        end: tuple[AsyncWaiterChannel, asyncio.Future[JobRecord]] | None = None,
+        final: JobRecord | None = None,
     ) -> None:
         self.client = client
         self.id = job_id
@@ -210,7 +233,8 @@ class AsyncJob:
         self.priority = priority
         self._seen = texts is not None
         self._digests_known = digests
-        self._final: JobRecord | None = None
+        self._final = final
+        self._end = end  # the client's own channel will announce this job's end (submit_to_wait)
 
     def __repr__(self) -> str:
         return f"AsyncJob({self.id!r})"
@@ -226,24 +250,33 @@ class AsyncJob:
 
     async def wait(self, timeout: float | None = None) -> JobRecord:
         """As Job.wait: ends by `timeout`, rides out a Redis outage, ends a stalled job."""
+        if self._final is not None:
+            return self._final
         settings = self.client.settings
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.redis.pubsub(ignore_subscribe_messages=True)
+        watch = self._watch()
         stall = StallClock()
         try:
-            await self._subscribe(pubsub)
-            record = await self._status_through_outage(deadline)
+            await watch.open()
+            record = None if watch.heard_from_start else await self._status_through_outage(deadline)
             while True:
-                if record.state.finished:
-                    self._final = record
-                    return record
-                if stall.stalled(record, settings.stall_timeout_s) and await self._end_if_unserved(record):
-                    record = await self._status_through_outage(deadline)
-                    continue
+                if record is not None:
+                    if record.state.finished:
+                        self._final = record
+                        return record
+                    stalled = stall.stalled(record, settings.stall_timeout_s)
+                    if stalled and await self._end_if_unserved(record):
+                        record = await self._status_through_outage(deadline)
+                        continue
                 pause = pause_s(deadline, self.id, record, timeout, settings.wait_poll_s)
-                record = await _next_message(pubsub, pause) or await self._status_through_outage(deadline)
+                record = await watch.wait(pause) or await self._status_through_outage(deadline)
         finally:
-            await pubsub.aclose()
+            await watch.close()
+
+    def _watch(self) -> _JobChannelWatch | _WaiterWatch:
+        """The client's own channel for the first wait of a job submitted to wait on, else the job's."""
+        end, self._end = self._end, None
+        return _WaiterWatch(self.id, *end) if end is not None else _JobChannelWatch(self.client, self.id)
 
     async def result(self, missing: Missing = "raise") -> Matrix:
         """As Job.result."""
@@ -272,10 +305,6 @@ class AsyncJob:
         if texts is None:
             raise no_texts(self.id)
         return await self.client.submit(texts, priority=self.priority)
-
-    async def _subscribe(self, pubsub: aioredis.client.PubSub) -> None:
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-            await pubsub.subscribe(keys.job_channel(self.id))  # else status reads still end the wait
 
     async def _status_through_outage(self, deadline: float | None) -> JobRecord:
         started = time.monotonic()
@@ -343,15 +372,54 @@ class AsyncJob:
         return unpack_positions(as_bytes(blob)) if blob else []
 
 
-async def _next_message(pubsub: aioredis.client.PubSub, timeout: float) -> JobRecord | None:
-    """Until an announcement or `timeout` (subscribe confirmations do not count): the ended record
-    when the announcement carried it, else None (the caller reads status)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-            if message is not None:
-                return ended_record(message["data"])
-    except (redis.ConnectionError, redis.TimeoutError):
-        await asyncio.sleep(min(timeout, OUTAGE_BACKOFF_S))
-    return None
+class _JobChannelWatch:
+    """The job's channel, on a pub/sub connection of its own for this wait."""
+
+    heard_from_start = False
+
+    def __init__(self, client: AsyncEmbeddingClient, job_id: str) -> None:
+        self.pubsub = client.redis.pubsub(ignore_subscribe_messages=True)
+        self.channel = keys.job_channel(job_id)
+
+    async def open(self) -> None:
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            await self.pubsub.subscribe(self.channel)  # else status reads still end the wait
+
+    async def wait(self, timeout: float) -> JobRecord | None:
+        """Until an announcement or `timeout` (subscribe confirmations do not count): the ended record
+        when the announcement carried it, else None (the caller reads status)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                if message is not None:
+                    return ended_record(message["data"])
+        except (redis.ConnectionError, redis.TimeoutError):
+            await asyncio.sleep(min(timeout, OUTAGE_BACKOFF_S))
+        return None
+
+    async def close(self) -> None:
+        await self.pubsub.aclose()
+
+
+class _WaiterWatch:
+    """The job's end as the client's own channel hands it over (producer.announcements)."""
+
+    heard_from_start = True
+
+    def __init__(self, job_id: str, waiter: AsyncWaiterChannel, end: asyncio.Future[JobRecord]) -> None:
+        self.job_id = job_id
+        self.waiter = waiter
+        self.end = end
+
+    async def open(self) -> None:
+        """Subscribed before the job was published."""
+
+    async def wait(self, timeout: float) -> JobRecord | None:
+        try:  # shielded: a wait that times out leaves the future for the next one
+            return await asyncio.wait_for(asyncio.shield(self.end), timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            return None
+
+    async def close(self) -> None:
+        self.waiter.forget(self.job_id)

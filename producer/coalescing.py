@@ -175,7 +175,9 @@ class AsyncEmbedCoalescer:
     async def _run(self, batch: list[_Waiting]) -> None:
         outcomes: list[Matrix | BaseException]
         try:
-            job = await self.client.submit([text for texts, _ in batch for text in texts], Lane.INTERACTIVE)
+            job = await self.client.submit_to_wait(
+                [text for texts, _ in batch for text in texts], Lane.INTERACTIVE
+            )
             await job.wait()
             sizes = [len(texts) for texts, _ in batch]
             outcomes = [*split_rows(sizes, await job.result(missing="mask"), job.id)]

@@ -3,7 +3,7 @@
 Every worker consumes interactive first, but a process takes its next message only when its task
 ends: while every process runs a bulk chunk (512 texts, about 550 ms on one thread), a search query
 waits for the first of them to finish. So before each engine run of a bulk chunk, the process takes
-the small chunks waiting on its build's interactive queue (worker.gathering, one RPOP) and runs them
+the small chunks waiting on its build's interactive queue (worker.gathering) and runs them
 at once (up to EMBED_INTERJECT_MAX_TEXTS texts): the query waits for one engine run (at most
 EMBED_MAX_BATCH_SIZE texts) instead of a whole chunk, and bulk chunks keep the size that runs them
 at full speed.

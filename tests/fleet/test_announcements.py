@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import numpy as np
 import pytest
 import redis
 
 from contract import keys
 from contract.jobs import JobRecord, JobState, ended_record
+from localfleet.fleet import LocalFleet
 from producer import EmbeddingClient
+from producer.async_client import AsyncEmbeddingClient
 from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts
 
 pytestmark = pytest.mark.fleet
@@ -58,3 +63,37 @@ def test_a_wait_whose_own_channel_drops_still_ends_by_reading_status(client: Emb
     record = job.wait(timeout=JOB_TIMEOUT_S)
     assert record.state is JobState.DONE and record.done == 1_500
     assert client.embed(unique_texts(2), timeout=JOB_TIMEOUT_S).shape == (2, 384)  # subscribed again
+
+
+def test_an_async_embed_hears_its_end_on_the_clients_own_channel_and_reads_no_status(
+    fleet: LocalFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run() -> tuple[np.ndarray, list[str]]:
+        async with AsyncEmbeddingClient(fleet.settings) as aclient:
+            status_reads: list[str] = []
+            read = aclient.record
+
+            async def counted(job_id: str) -> JobRecord | None:
+                status_reads.append(job_id)
+                return await read(job_id)
+
+            monkeypatch.setattr(aclient, "record", counted)
+            return await aclient.embed(unique_texts(2), timeout=JOB_TIMEOUT_S), status_reads
+
+    vectors, status_reads = asyncio.run(run())
+    assert vectors.shape == (2, 384) and status_reads == []
+
+
+def test_an_async_wait_whose_channel_drops_still_ends_by_reading_status(
+    fleet: LocalFleet, client: EmbeddingClient
+) -> None:
+    async def run() -> JobRecord:
+        async with AsyncEmbeddingClient(fleet.settings) as aclient:
+            job = await aclient.submit_to_wait(unique_texts(1_500), priority="bulk")
+            client.redis.client_kill_filter(_type="pubsub")
+            record = await job.wait(timeout=JOB_TIMEOUT_S)
+            assert (await aclient.embed(unique_texts(2), timeout=JOB_TIMEOUT_S)).shape == (2, 384)
+            return record
+
+    record = asyncio.run(run())
+    assert record.state is JobState.DONE and record.done == 1_500
