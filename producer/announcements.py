@@ -229,3 +229,56 @@ class AsyncWaiterChannel:
         finally:
             with contextlib.suppress(redis.RedisError):
                 await pubsub.aclose()
+
+
+class AsyncJobChannelWatch:
+    """The job's channel, on a pub/sub connection of its own for this wait."""
+
+    heard_from_start = False
+
+    def __init__(self, client: aioredis.Redis, job_id: str) -> None:
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self.channel = keys.job_channel(job_id)
+
+    async def open(self) -> None:
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            await self.pubsub.subscribe(self.channel)  # else status reads still end the wait
+
+    async def wait(self, timeout: float) -> JobRecord | None:
+        """Until an announcement or `timeout` (subscribe confirmations do not count): the ended record
+        when the announcement carried it, else None (the caller reads status)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                if message is not None:
+                    return ended_record(message["data"])
+        except (redis.ConnectionError, redis.TimeoutError):
+            await asyncio.sleep(min(timeout, OUTAGE_BACKOFF_S))
+        return None
+
+    async def close(self) -> None:
+        await self.pubsub.aclose()
+
+
+class AsyncWaiterWatch:
+    """The job's end as the client's own channel hands it over."""
+
+    heard_from_start = True
+
+    def __init__(self, job_id: str, waiter: AsyncWaiterChannel, end: asyncio.Future[JobRecord]) -> None:
+        self.job_id = job_id
+        self.waiter = waiter
+        self.end = end
+
+    async def open(self) -> None:
+        """Subscribed before the job was published."""
+
+    async def wait(self, timeout: float) -> JobRecord | None:
+        try:  # shielded: a wait that times out leaves the future for the next one
+            return await asyncio.wait_for(asyncio.shield(self.end), timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            return None
+
+    async def close(self) -> None:
+        self.waiter.forget(self.job_id)

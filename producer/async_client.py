@@ -19,14 +19,14 @@ from contract import keys
 from contract.celery_config import make_celery
 from contract.codec import Matrix, encode_vector
 from contract.fleet_registry import BuildAdvert, live_builds_call, parse_live_builds
-from contract.jobs import JobRecord, JobState, ended_record, stall_error, unpack_digests, unpack_positions
+from contract.jobs import JobRecord, JobState, stall_error, unpack_digests, unpack_positions
 from contract.lanes import Lane
 from contract.ledger import end_job_call
 from contract.lua_scripts import load_lua
 from contract.redis_connection import as_bytes, async_connect, explain, mask_url
 from contract.settings import FleetSettings
 from contract.vector_cache import VectorCache
-from producer.announcements import AsyncWaiterChannel
+from producer.announcements import AsyncJobChannelWatch, AsyncWaiterChannel, AsyncWaiterWatch
 from producer.coalescing import AsyncEmbedCoalescer
 from producer.errors import JobLostError, JobTimeoutError, RedisUnavailableError, ResultIncompleteError
 from producer.job_rules import (
@@ -273,10 +273,12 @@ class AsyncJob:
         finally:
             await watch.close()
 
-    def _watch(self) -> _JobChannelWatch | _WaiterWatch:
+    def _watch(self) -> AsyncJobChannelWatch | AsyncWaiterWatch:
         """The client's own channel for the first wait of a job submitted to wait on, else the job's."""
         end, self._end = self._end, None
-        return _WaiterWatch(self.id, *end) if end is not None else _JobChannelWatch(self.client, self.id)
+        if end is not None:
+            return AsyncWaiterWatch(self.id, *end)
+        return AsyncJobChannelWatch(self.client.redis, self.id)
 
     async def result(self, missing: Missing = "raise") -> Matrix:
         """As Job.result."""
@@ -370,56 +372,3 @@ class AsyncJob:
     async def _failed_positions(self) -> list[int]:
         blob = await self.client.redis.get(keys.job_failed_positions_key(self.id))
         return unpack_positions(as_bytes(blob)) if blob else []
-
-
-class _JobChannelWatch:
-    """The job's channel, on a pub/sub connection of its own for this wait."""
-
-    heard_from_start = False
-
-    def __init__(self, client: AsyncEmbeddingClient, job_id: str) -> None:
-        self.pubsub = client.redis.pubsub(ignore_subscribe_messages=True)
-        self.channel = keys.job_channel(job_id)
-
-    async def open(self) -> None:
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-            await self.pubsub.subscribe(self.channel)  # else status reads still end the wait
-
-    async def wait(self, timeout: float) -> JobRecord | None:
-        """Until an announcement or `timeout` (subscribe confirmations do not count): the ended record
-        when the announcement carried it, else None (the caller reads status)."""
-        deadline = time.monotonic() + timeout
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-                if message is not None:
-                    return ended_record(message["data"])
-        except (redis.ConnectionError, redis.TimeoutError):
-            await asyncio.sleep(min(timeout, OUTAGE_BACKOFF_S))
-        return None
-
-    async def close(self) -> None:
-        await self.pubsub.aclose()
-
-
-class _WaiterWatch:
-    """The job's end as the client's own channel hands it over (producer.announcements)."""
-
-    heard_from_start = True
-
-    def __init__(self, job_id: str, waiter: AsyncWaiterChannel, end: asyncio.Future[JobRecord]) -> None:
-        self.job_id = job_id
-        self.waiter = waiter
-        self.end = end
-
-    async def open(self) -> None:
-        """Subscribed before the job was published."""
-
-    async def wait(self, timeout: float) -> JobRecord | None:
-        try:  # shielded: a wait that times out leaves the future for the next one
-            return await asyncio.wait_for(asyncio.shield(self.end), timeout)
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            return None
-
-    async def close(self) -> None:
-        self.waiter.forget(self.job_id)
