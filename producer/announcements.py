@@ -3,9 +3,9 @@
 A wait on any job subscribes to the job's own channel for as long as it waits. A small job that a
 thread submits only to wait on it (every `embed()` call) is cheaper: its record names the thread's
 own channel, subscribed once for the thread's life, and the job's end is announced there too, with
-the whole final record. Such a job costs no subscribe, no unsubscribe and no status read; on this
-2-core host that was half the round trips of a 1-text job. The asyncio client does the same with
-one channel per client and a reader task.
+the whole final record. Such a job costs no subscribe, no unsubscribe and no status read: half the
+round trips of a 1-text job. The asyncio client does the same with one channel per client and a
+reader task.
 
 Pub/sub is at most once: a message lost with a dropped connection is made up for by the wait's
 status read every EMBED_WAIT_POLL_S, and a dropped connection subscribes again on the next wait.
