@@ -42,10 +42,11 @@ from producer.job_rules import (
     outage,
     pause_s,
 )
-from producer.planning import JobPlan, clip_texts, plan_job, validate_texts
+from producer.planning import clip_texts, plan_job, validate_texts
 from producer.submission import (
     PreparedJob,
     PublishFailed,
+    WholeSmallJob,
     choose_build,
     prepare_job,
     publish_chunks,
@@ -105,14 +106,13 @@ class AsyncEmbeddingClient:
         texts = validate_texts(texts, self.settings.max_job_texts)
         build = await self.build()
         plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
-        count = len(plan.unique_digests)
         notify = waiter.channel if waiter is not None else ""
-        if 0 < count <= self.settings.interactive_max_texts:
-            job, hits = await self._look_and_store(plan, build, priority, notify)
+        if WholeSmallJob.fits(plan, self.settings):
+            job, hits = await self._store_whole(WholeSmallJob(plan, build, self.settings, priority, notify))
         else:
             pipe = self.redis.pipeline(transaction=False)
             self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
-            hits, cut = self.cache.read_look(await pipe.execute(), count)
+            hits, cut = self.cache.read_look(await pipe.execute(), len(plan.unique_digests))
             job = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
             await self._store(job)
         if self.on_submit is not None:
@@ -127,19 +127,13 @@ class AsyncEmbeddingClient:
             raise
         return AsyncJob(self, job.record.id, texts, priority, plan.digests, end=end, final=final)
 
-    async def _look_and_store(
-        self, plan: JobPlan, build: BuildAdvert, priority: Lane | str | None, notify: str
-    ) -> tuple[PreparedJob, list[bool]]:
-        """As EmbeddingClient._look_and_store; also gives which texts were cached."""
-        count = len(plan.unique_digests)
-        job = prepare_job(plan, build, [False] * count, [False] * count, self.settings, priority, notify)
+    async def _store_whole(self, small: WholeSmallJob) -> tuple[PreparedJob, list[bool]]:
+        """As EmbeddingClient._store_whole; also gives which texts were cached."""
         pipe = self.redis.pipeline(transaction=True)
-        self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
-        queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
-        hits, cut = self.cache.read_look((await pipe.execute())[: self.cache.look_replies(count)], count)
-        if not all(hits):
+        job = small.queue(cast(Any, pipe), self.cache)
+        hits, ended = small.read(await pipe.execute(), self.cache)
+        if ended is None:
             return job, hits
-        ended = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
         await self._store(ended, replacing=job.record.id)
         return ended, hits
 

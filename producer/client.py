@@ -24,10 +24,11 @@ from producer.coalescing import EmbedCoalescer
 from producer.errors import RedisUnavailableError
 from producer.job import Job
 from producer.job_rules import CALL_RETRY_S
-from producer.planning import JobPlan, clip_texts, plan_job, validate_texts
+from producer.planning import clip_texts, plan_job, validate_texts
 from producer.submission import (
     PreparedJob,
     PublishFailed,
+    WholeSmallJob,
     choose_build,
     prepare_job,
     publish_chunks,
@@ -126,8 +127,8 @@ class EmbeddingClient:
         build = self.build()
         plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
         notify = waiter.channel if waiter is not None else ""
-        if 0 < len(plan.unique_digests) <= self.settings.interactive_max_texts:
-            job = self._look_and_store(plan, build, priority, notify)
+        if WholeSmallJob.fits(plan, self.settings):
+            job = self._store_whole(WholeSmallJob(plan, build, self.settings, priority, notify))
         else:
             hits, cut = self.cache.look(build.fingerprint, plan.unique_digests)
             job = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
@@ -136,21 +137,12 @@ class EmbeddingClient:
         final = job.record if job.record.state.finished else None  # every text was cached
         return Job(self, job.record.id, texts, priority, plan.digests, waiter=waiter, final=final)
 
-    def _look_and_store(
-        self, plan: JobPlan, build: BuildAdvert, priority: Lane | str | None, notify: str
-    ) -> PreparedJob:
-        """A small job is stored as if no text were cached, in the cache look's round trip: for small
-        requests new texts are the rule. The worker counts its cached texts without embedding them;
-        a job whose every text is cached is stored again, ended, under a new id."""
-        count = len(plan.unique_digests)
-        job = prepare_job(plan, build, [False] * count, [False] * count, self.settings, priority, notify)
+    def _store_whole(self, small: WholeSmallJob) -> PreparedJob:
         pipe = self.redis.pipeline(transaction=True)
-        self.cache.queue_look(pipe, build.fingerprint, plan.unique_digests)
-        queue_store(pipe, job, self.settings.job_ttl_s)
-        hits, cut = self.cache.read_look(pipe.execute()[: self.cache.look_replies(count)], count)
-        if not all(hits):
+        job = small.queue(pipe, self.cache)
+        _, ended = small.read(pipe.execute(), self.cache)
+        if ended is None:
             return job
-        ended = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
         self._store(ended, replacing=job.record.id)
         return ended
 

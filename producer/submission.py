@@ -22,6 +22,7 @@ from contract.jobs import ChunkRef, JobRecord, JobState, pack_digests
 from contract.lanes import Lane, lane_for, queue_name
 from contract.redis_connection import mask_url
 from contract.settings import FleetSettings
+from contract.vector_cache import VectorCache
 from producer.errors import FleetUnavailableError
 from producer.planning import JobPlan, chunk_payloads
 
@@ -122,6 +123,39 @@ def queue_store(pipe: Pipeline, job: PreparedJob, ttl_s: int) -> None:
         pipe.hset(keys.job_payloads_key(record.id), mapping=dict(enumerate(job.payloads)))
         pipe.expire(keys.job_payloads_key(record.id), ttl_s)
         pipe.zadd(keys.running_jobs_key(), {record.id: record.created})
+
+
+@dataclass
+class WholeSmallJob:
+    """A small job stored whole, as if no text were cached, in its cache look's round trip (one MULTI):
+    for small requests new texts are the rule, and the worker counts cached texts without embedding
+    them again. Where every text turns out cached, the job is stored again, ended, under a new id."""
+
+    plan: JobPlan
+    build: BuildAdvert
+    settings: FleetSettings
+    priority: Lane | str | None
+    notify: str
+
+    @staticmethod
+    def fits(plan: JobPlan, settings: FleetSettings) -> bool:
+        return 0 < len(plan.unique_digests) <= settings.interactive_max_texts
+
+    def queue(self, pipe: Pipeline, cache: VectorCache) -> PreparedJob:
+        """Add the cache look and the whole job's store to `pipe`; the job as stored."""
+        misses = [False] * len(self.plan.unique_digests)
+        job = prepare_job(self.plan, self.build, misses, misses, self.settings, self.priority, self.notify)
+        cache.queue_look(pipe, self.build.fingerprint, self.plan.unique_digests)
+        queue_store(pipe, job, self.settings.job_ttl_s)
+        return job
+
+    def read(self, replies: list[object], cache: VectorCache) -> tuple[list[bool], PreparedJob | None]:
+        """Which texts were cached, and the ended job to store instead where all of them were."""
+        count = len(self.plan.unique_digests)
+        hits, cut = cache.read_look(replies[: cache.look_replies(count)], count)
+        if not all(hits):
+            return hits, None
+        return hits, prepare_job(self.plan, self.build, hits, cut, self.settings, self.priority, self.notify)
 
 
 def queue_withdraw(pipe: Pipeline, job_id: str) -> None:
