@@ -90,6 +90,7 @@ class ChunkPayload(BaseModel):
 
 
 TEXTS_HEADER = "embedfleet_texts"
+NO_ARGS = "()"  # a chunk's task takes keyword arguments only
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,21 @@ class ChunkRef:
     def to_kwargs(self) -> dict[str, object]:
         return {"job_id": self.job_id, "chunk": self.chunk, "texts": self.texts}
 
+    @property
+    def summary(self) -> str:
+        """What monitoring shows for the task's arguments (its kwargsrepr)."""
+        return f"job {self.job_id} chunk {self.chunk}"
+
+    def headers(self) -> dict[str, int]:
+        return {TEXTS_HEADER: self.texts}
+
     def send_options(self) -> dict[str, object]:
         """Celery `send_task` options: the stable task id, the summary monitoring shows, the size header."""
         return {
             "task_id": self.task_id,
-            "argsrepr": "()",
-            "kwargsrepr": f"job {self.job_id} chunk {self.chunk}",
-            "headers": {TEXTS_HEADER: self.texts},
+            "argsrepr": NO_ARGS,
+            "kwargsrepr": self.summary,
+            "headers": self.headers(),
         }
 
     @classmethod

@@ -1,8 +1,10 @@
 """The asyncio client: the same API as EmbeddingClient, on redis.asyncio, for asyncio web apps.
 
-Every Redis round trip is awaited, so no request blocks the event loop; Celery's publish (kombu
-is synchronous) runs on a worker thread. Decisions, records and errors come from the modules
-the sync client uses (producer.submission, producer.job_rules), so the two cannot drift apart.
+Every Redis round trip is awaited, so no request blocks the event loop. Where the broker is the
+cache's Redis, chunk messages go in the job's own MULTI (producer.queue_entries); elsewhere
+Celery's publish (kombu is synchronous) runs on a worker thread. Decisions, records and errors
+come from the modules the sync client uses (producer.submission, producer.job_rules), so the two
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from producer.job_rules import (
     pause_s,
 )
 from producer.planning import clip_texts, plan_job, validate_texts
+from producer.queue_entries import QueueEntries
 from producer.submission import (
     PreparedJob,
     PublishFailed,
@@ -68,6 +71,7 @@ class AsyncEmbeddingClient:
             cast(Any, self.redis), self.settings.cache_ttl_s, self.settings.fetch_batch_size
         )
         self.celery = make_celery(self.settings, main="producer")
+        self.entries = QueueEntries(self.celery) if QueueEntries.serve(self.settings) else None
         self._end = self.redis.register_script(load_lua("end_job"))
         self._waiter = AsyncWaiterChannel(
             self.redis, self.settings.redis_socket_timeout_s, self.settings.wait_poll_s
@@ -81,6 +85,8 @@ class AsyncEmbeddingClient:
         await self._embeds.aclose()
         await self._waiter.aclose()
         await self.redis.aclose()
+        if self.entries is not None:
+            await asyncio.to_thread(self.entries.close)
         await asyncio.to_thread(self.celery.close)
 
     async def __aenter__(self) -> AsyncEmbeddingClient:
@@ -108,41 +114,57 @@ class AsyncEmbeddingClient:
         plan = plan_job(clip_texts(texts, self.settings.max_text_chars), build.fingerprint)
         notify = waiter.channel if waiter is not None else ""
         if WholeSmallJob.fits(plan, self.settings):
-            job, hits = await self._store_whole(WholeSmallJob(plan, build, self.settings, priority, notify))
+            small = WholeSmallJob(plan, build, self.settings, priority, notify)
+            job, hits, end = await self._store_whole(small, waiter)
         else:
             pipe = self.redis.pipeline(transaction=False)
             self.cache.queue_look(cast(Any, pipe), build.fingerprint, plan.unique_digests)
             hits, cut = self.cache.read_look(await pipe.execute(), len(plan.unique_digests))
             job = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
-            await self._store(job)
+            end = await self._store(job, waiter=waiter)
         if self.on_submit is not None:
             self.on_submit(sum(plan.count(i) for i, hit in enumerate(hits) if hit), job.record.total)
         final = job.record if job.record.state.finished else None  # every text was cached
-        end = (waiter, waiter.expect(job.record.id)) if waiter is not None and final is None else None
-        try:
-            await self._publish(job)
-        except BaseException:
-            if end is not None:
-                end[0].forget(job.record.id)
-            raise
+        if self.entries is None:
+            await self._publish(job, end)
         return AsyncJob(self, job.record.id, texts, priority, plan.digests, end=end, final=final)
 
-    async def _store_whole(self, small: WholeSmallJob) -> tuple[PreparedJob, list[bool]]:
-        """As EmbeddingClient._store_whole; also gives which texts were cached."""
+    async def _store_whole(
+        self, small: WholeSmallJob, waiter: AsyncWaiterChannel | None
+    ) -> tuple[PreparedJob, list[bool], End | None]:
+        """As EmbeddingClient._store_whole; also gives which texts were cached, and the job's end."""
         pipe = self.redis.pipeline(transaction=True)
         job = small.queue(cast(Any, pipe), self.cache)
-        hits, ended = small.read(await pipe.execute(), self.cache)
+        end = _expect(job, waiter)
+        hits, ended = small.read(await self._execute_store(pipe, job, end), self.cache)
         if ended is None:
-            return job, hits
+            return job, hits, end
+        _forget(end, job)
         await self._store(ended, replacing=job.record.id)
-        return ended, hits
+        return ended, hits, None
 
-    async def _store(self, job: PreparedJob, replacing: str = "") -> None:
+    async def _store(
+        self, job: PreparedJob, replacing: str = "", waiter: AsyncWaiterChannel | None = None
+    ) -> End | None:
         pipe = self.redis.pipeline(transaction=True)
         if replacing:
             queue_withdraw(cast(Any, pipe), replacing)
         queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
-        await pipe.execute()
+        end = _expect(job, waiter)
+        await self._execute_store(pipe, job, end)
+        return end
+
+    async def _execute_store(self, pipe: Any, job: PreparedJob, end: End | None) -> list[object]:
+        """The store's MULTI; where the broker is this Redis, with the chunks' messages in it."""
+        if self.entries is not None:
+            if not self.entries.opened:
+                await asyncio.to_thread(self.entries.channel)  # it connects: not on the event loop
+            self.entries.queue(pipe, job)
+        try:
+            return cast(list[object], await pipe.execute())
+        except BaseException:
+            _forget(end, job)
+            raise
 
     async def job(self, job_id: str) -> AsyncJob:
         job = AsyncJob(self, job_id)
@@ -197,15 +219,34 @@ class AsyncEmbeddingClient:
         self._builds = (time.monotonic() + self.settings.heartbeat_interval_s, builds)
         return builds
 
-    async def _publish(self, job: PreparedJob) -> None:
+    async def _publish(self, job: PreparedJob, end: End | None) -> None:
         try:
             await asyncio.to_thread(publish_chunks, self.celery, job)
         except PublishFailed as failure:
+            _forget(end, job)
             pipe = self.redis.pipeline(transaction=True)
             queue_withdraw(cast(Any, pipe), job.record.id)
             with contextlib.suppress(redis.RedisError):  # what is left, the reconciler finishes
                 await pipe.execute()
             raise publish_failed(self.settings, job.record, failure.sent, failure.cause) from failure.cause
+        except BaseException:
+            _forget(end, job)
+            raise
+
+
+End = tuple[AsyncWaiterChannel, asyncio.Future[JobRecord]]
+
+
+def _expect(job: PreparedJob, waiter: AsyncWaiterChannel | None) -> End | None:
+    """The job's end on the client's own channel, expected before anything can announce it."""
+    if waiter is None or job.record.state.finished:
+        return None
+    return waiter, waiter.expect(job.record.id)
+
+
+def _forget(end: End | None, job: PreparedJob) -> None:
+    if end is not None:
+        end[0].forget(job.record.id)
 
 
 class AsyncJob:
@@ -218,7 +259,7 @@ class AsyncJob:
         texts: Sequence[str] | None = None,
         priority: Lane | str | None = None,
         digests: list[str] | None = None,
-        end: tuple[AsyncWaiterChannel, asyncio.Future[JobRecord]] | None = None,
+        end: End | None = None,
         final: JobRecord | None = None,
     ) -> None:
         self.client = client

@@ -25,6 +25,7 @@ from producer.errors import RedisUnavailableError
 from producer.job import Job
 from producer.job_rules import CALL_RETRY_S
 from producer.planning import clip_texts, plan_job, validate_texts
+from producer.queue_entries import QueueEntries
 from producer.submission import (
     PreparedJob,
     PublishFailed,
@@ -55,6 +56,7 @@ class EmbeddingClient:
         self.ledger = JobLedger(self.redis)
         self.registry = FleetRegistry(self.redis, self.settings.heartbeat_ttl_s)
         self.celery = make_celery(self.settings, main="producer")
+        self.entries = QueueEntries(self.celery) if QueueEntries.serve(self.settings) else None
         self._builds: tuple[float, list[BuildAdvert]] = (0.0, [])
         self._threads = threading.local()
         self._lock = threading.Lock()
@@ -68,6 +70,8 @@ class EmbeddingClient:
         if waiter is not None:
             waiter.close()
         self.redis.close()
+        if self.entries is not None:
+            self.entries.close()
         self.celery.close()
 
     def thread_pubsub(self) -> redis.client.PubSub:
@@ -133,13 +137,15 @@ class EmbeddingClient:
             hits, cut = self.cache.look(build.fingerprint, plan.unique_digests)
             job = prepare_job(plan, build, hits, cut, self.settings, priority, notify)
             self._store(job)
-        self._publish(job)
+        if self.entries is None:
+            self._publish(job)
         final = job.record if job.record.state.finished else None  # every text was cached
         return Job(self, job.record.id, texts, priority, plan.digests, waiter=waiter, final=final)
 
     def _store_whole(self, small: WholeSmallJob) -> PreparedJob:
         pipe = self.redis.pipeline(transaction=True)
         job = small.queue(pipe, self.cache)
+        self._queue_messages(pipe, job)
         _, ended = small.read(pipe.execute(), self.cache)
         if ended is None:
             return job
@@ -151,7 +157,13 @@ class EmbeddingClient:
         if replacing:
             queue_withdraw(pipe, replacing)
         queue_store(pipe, job, self.settings.job_ttl_s)
+        self._queue_messages(pipe, job)
         pipe.execute()
+
+    def _queue_messages(self, pipe: redis.client.Pipeline, job: PreparedJob) -> None:
+        """Where the broker is this Redis, the chunks' messages go in the MULTI that stores the job."""
+        if self.entries is not None:
+            self.entries.queue(pipe, job)
 
     def job(self, job_id: str) -> Job:
         job = Job(self, job_id)

@@ -68,6 +68,25 @@ def fleet(
 
 
 @pytest.fixture(scope="session")
+def one_redis_fleet(static_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    """Broker and cache on one Redis, as by default: clients queue chunk messages in the job's MULTI."""
+    server = start_redis(tmp_path_factory.mktemp("one-redis"))
+    settings, env = fleet_env(
+        {
+            **TEST_ENV,
+            "EMBED_BROKER_URL": server.url,
+            "EMBED_CACHE_URL": server.url,
+            "EMBED_MODEL_DIR": str(static_artifact),
+        }
+    )
+    try:
+        with LocalFleet(settings, env, tmp_path_factory.mktemp("one-redis") / "worker.log") as fleet:
+            yield fleet.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def rabbit_fleet(
     cache_server: RedisServer, static_artifact: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalFleet]:
@@ -96,13 +115,29 @@ def client(fleet: LocalFleet) -> Iterator[EmbeddingClient]:
         yield client
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
+FLEETS = {"redis": "fleet", "one-redis": "one_redis_fleet", "rabbitmq": "rabbit_fleet"}
+
+
+@pytest.fixture(params=list(FLEETS))
 def any_fleet(request: pytest.FixtureRequest) -> LocalFleet:
-    """The fleet on each broker: a test that takes it runs once on Redis and once on RabbitMQ."""
-    return cast(LocalFleet, request.getfixturevalue("fleet" if request.param == "redis" else "rabbit_fleet"))
+    """The fleet on each broker: a test that takes it runs on Redis (broker and cache apart, and on
+    one server) and on RabbitMQ."""
+    return cast(LocalFleet, request.getfixturevalue(FLEETS[request.param]))
 
 
 @pytest.fixture
 def any_client(any_fleet: LocalFleet) -> Iterator[EmbeddingClient]:
     with any_fleet.client() as client:
+        yield client
+
+
+@pytest.fixture(params=["redis", "one-redis"])
+def redis_fleet(request: pytest.FixtureRequest) -> LocalFleet:
+    """A Redis fleet with broker and cache apart, then on one server: the two ways clients publish."""
+    return cast(LocalFleet, request.getfixturevalue(FLEETS[request.param]))
+
+
+@pytest.fixture
+def redis_client(redis_fleet: LocalFleet) -> Iterator[EmbeddingClient]:
+    with redis_fleet.client() as client:
         yield client

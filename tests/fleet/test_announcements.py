@@ -24,8 +24,9 @@ def _next_record(listener: redis.client.PubSub, timeout_s: float = JOB_TIMEOUT_S
 
 
 def test_an_embed_hears_its_end_on_the_threads_own_channel_and_reads_no_status(
-    client: EmbeddingClient, monkeypatch: pytest.MonkeyPatch
+    redis_client: EmbeddingClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    client = redis_client
     channel = client.thread_waiter().channel
     listener = client.redis.pubsub()
     listener.subscribe(channel)
@@ -66,10 +67,10 @@ def test_a_wait_whose_own_channel_drops_still_ends_by_reading_status(client: Emb
 
 
 def test_an_async_embed_hears_its_end_on_the_clients_own_channel_and_reads_no_status(
-    fleet: LocalFleet, monkeypatch: pytest.MonkeyPatch
+    redis_fleet: LocalFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def run() -> tuple[np.ndarray, list[str]]:
-        async with AsyncEmbeddingClient(fleet.settings) as aclient:
+        async with AsyncEmbeddingClient(redis_fleet.settings) as aclient:
             status_reads: list[str] = []
             read = aclient.record
 
