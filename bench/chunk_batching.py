@@ -2,7 +2,7 @@
 
 A worker batches only the chunk it was sent, and producers sort texts by characters (they have
 no tokenizer), so padding depends on the chunk size and on where the batcher cuts. Prints
-(1) the fit of one `session.run` to a + b x padded tokens, which sets EMBED_RUN_OVERHEAD_TOKENS;
+(1) the fit of one `session.run` to a + b x padded tokens, as each worker measures it (worker.run_cost);
 (2) padded vs real tokens and in-process sentences/s per chunk size, cutting batches as the
 worker does (`--overhead-tokens`) and by fewest runs (one full batch after another), interleaved
 over rounds.
@@ -17,20 +17,15 @@ import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 from fleet import bench_sentences
 from peers import REPO_ROOT
 
 from contract.settings import FleetSettings
 from worker.batching import TokenBudgetBatcher
 from worker.engine import EmbeddingEngine
-from worker.tokenization import TokenBatch
+from worker.run_cost import measure_run_cost
 
 FEWEST_RUNS = 10**9  # an overhead so large that the partition packs full batches
-PROBE_LENGTHS = (12, 24)
-PROBE_SIZES = (4, 8, 16, 32, 64)
-PROBE_TOKENS_PER_POINT = 2000
-CLS, SEP, WORD = 101, 102, 2000
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,30 +33,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=4000, help="unique STS-B sentences")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (a fleet worker has 1)")
     parser.add_argument("--chunks", type=int, nargs="+", default=[64, 256, 0], help="0 = one call")
-    parser.add_argument("--overhead-tokens", type=int, default=FleetSettings().run_overhead_tokens)
+    parser.add_argument(
+        "--overhead-tokens", type=int, default=None, help="default: as a worker measures it"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--model-dir", type=Path, default=REPO_ROOT / "artifacts" / "all-MiniLM-L6-v2", help="artifact"
     )
     return parser.parse_args()
-
-
-def run_cost(engine: EmbeddingEngine) -> tuple[float, float]:
-    """Least-squares a (s) and b (s per padded token) of one session.run on synthetic batches."""
-    points = []
-    for length in PROBE_LENGTHS:
-        for size in PROBE_SIZES:
-            ids = np.full((size, length), WORD, dtype=np.int64)
-            ids[:, 0], ids[:, -1] = CLS, SEP
-            batch = TokenBatch(ids, np.ones_like(ids), np.zeros_like(ids))
-            engine._run(batch)
-            repeats = max(3, PROBE_TOKENS_PER_POINT // (size * length))
-            began = time.perf_counter()
-            for _ in range(repeats):
-                engine._run(batch)
-            points.append((size * length, (time.perf_counter() - began) / repeats))
-    per_token, fixed = np.polyfit([p[0] for p in points], [p[1] for p in points], 1)
-    return float(fixed), float(per_token)
 
 
 def padding(lengths: list[int], chunk: int, batcher: TokenBudgetBatcher) -> tuple[int, int]:
@@ -78,14 +57,16 @@ def main() -> None:
     settings = FleetSettings(intra_op_threads=args.threads, worker_concurrency=1)
     engine = EmbeddingEngine(args.model_dir, settings)
     engine.warm_up()
-    fixed, per_token = run_cost(engine)
+    cost = measure_run_cost(engine.probe)
     print(
-        f"session.run at {args.threads} thread(s): {fixed * 1e3:.2f} ms + {per_token * 1e6:.1f} us per "
-        f"padded token; one run costs about {fixed / per_token:.0f} padded tokens\n"
+        f"session.run at {args.threads} thread(s): {cost.fixed_s * 1e3:.2f} ms + "
+        f"{cost.per_token_s * 1e6:.1f} us per padded token; one run costs about {cost.overhead_tokens} "
+        "padded tokens\n"
     )
+    overhead = cost.overhead_tokens if args.overhead_tokens is None else args.overhead_tokens
     encodings, _ = engine.tokenizer.encode(texts)
     lengths = [len(encoding.ids) for encoding in encodings]
-    cuts = {"partition": args.overhead_tokens, "fewest runs": FEWEST_RUNS}
+    cuts = {"partition": overhead, "fewest runs": FEWEST_RUNS}
     rows = [(chunk or len(texts), name, overhead) for chunk in args.chunks for name, overhead in cuts.items()]
     seconds = {row: 0.0 for row in rows}
     for _ in range(args.rounds):

@@ -59,7 +59,7 @@ def main() -> None:
         )
         tokenizer = TextTokenizer(setup.tokenizer_file, manifest.max_seq_length, settings.max_text_chars)
         batcher = TokenBudgetBatcher(
-            settings.token_budget, settings.max_batch_size, settings.run_overhead_tokens
+            settings.token_budget, settings.max_batch_size, settings.run_overhead_tokens or 0
         )
         encoder = SentenceEncoder(session, tokenizer, batcher, manifest.normalize)
         encoder.embed(texts[:WARMUP_TEXTS])

@@ -77,8 +77,11 @@ class FleetSettings(BaseSettings):
 
     token_budget: int = Field(8_192, gt=0, description="padded tokens per inference batch")
     max_batch_size: int = Field(64, gt=0)
-    run_overhead_tokens: int = Field(
-        64, ge=0, description="one more inference run costs about this many padded tokens (batching)"
+    run_overhead_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="one more inference run costs about this many padded tokens (batching); "
+        "empty = each worker process measures it after its warm-up",
     )
     intra_op_threads: int = Field(0, ge=0, description="0 = usable CPUs / worker processes")
     worker_concurrency: int = Field(0, ge=0, description="0 = one process per usable CPU")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from contract.manifest import TOKENIZER_FILE, Manifest, OrtSession, load_manifes
 from contract.settings import FleetSettings, get_settings
 from worker.batching import TokenBudgetBatcher
 from worker.pooling import l2_normalize, mean_pool
+from worker.run_cost import measure_run_cost
 from worker.tokenization import TextTokenizer, TokenBatch, limit_threads
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,13 @@ class SentenceEncoder:
         length = self.tokenizer.max_seq_length
         while length >= WARMUP_SHORTEST_TOKENS:
             rows = min(self.batcher.max_batch_size, max(1, self.batcher.token_budget // length))
-            self.embed([" ".join(["warm"] * (length - 2))] * rows)  # [CLS] and [SEP] make up the length
+            self.embed([_text_of(length)] * rows)
             length //= 2
+
+    def probe(self, size: int, length: int) -> Callable[[], object]:
+        """One engine run of `size` texts of `length` tokens each, ready to time (worker.run_cost)."""
+        tokens = self.tokenizer.pad(self.tokenizer.encode([_text_of(length)] * size)[0])
+        return lambda: self._run(tokens)
 
     def embed(self, texts: Sequence[str], before_each_run: Callable[[], None] | None = None) -> EmbedResult:
         """`before_each_run` lets a long call yield to more urgent work between its engine runs."""
@@ -135,6 +141,11 @@ class SentenceEncoder:
         return l2_normalize(pooled) if self.normalize else pooled.astype(np.float32)
 
 
+def _text_of(length: int) -> str:
+    """A text of `length` tokens: [CLS] and [SEP] make up the length."""
+    return " ".join(["warm"] * (length - 2))
+
+
 class EmbeddingEngine(SentenceEncoder):
     """The encoder of a verified artifact: what each worker process opens once and keeps."""
 
@@ -156,6 +167,21 @@ class EmbeddingEngine(SentenceEncoder):
             settings,
         )
         super().__init__(*parts, self.manifest.normalize)
+        self._measure_overhead = settings.run_overhead_tokens is None
+
+    def warm_up(self) -> None:
+        """Also prices one more run on this host, where EMBED_RUN_OVERHEAD_TOKENS leaves it to us."""
+        super().warm_up()
+        if self._measure_overhead:
+            cost = measure_run_cost(self.probe)
+            self.batcher = replace(self.batcher, run_overhead_tokens=cost.overhead_tokens)
+            log.info(
+                "one engine run costs %.2f ms + %.1f us per padded token: batches are cut where padding "
+                "costs more than %d tokens",
+                cost.fixed_s * 1e3,
+                cost.per_token_s * 1e6,
+                cost.overhead_tokens,
+            )
 
 
 def weights_mismatch(manifest: Manifest, flags: Iterable[str]) -> str | None:
@@ -191,5 +217,5 @@ def _open_parts(
     return (
         session,
         tokenizer,
-        TokenBudgetBatcher(settings.token_budget, settings.max_batch_size, settings.run_overhead_tokens),
+        TokenBudgetBatcher(settings.token_budget, settings.max_batch_size, settings.run_overhead_tokens or 0),
     )

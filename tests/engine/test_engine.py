@@ -107,3 +107,12 @@ def test_a_malformed_manifest_is_refused(static_artifact: Path, tmp_path: Path) 
     (copy / MANIFEST_FILE).write_text(json.dumps(raw))
     with pytest.raises(ArtifactError, match="malformed"):
         load_manifest(copy)
+
+
+def test_warm_up_prices_a_run_unless_the_setting_does(static_artifact: Path) -> None:
+    measured = EmbeddingEngine(static_artifact, FleetSettings(intra_op_threads=1))
+    measured.warm_up()
+    assert 0 <= measured.batcher.run_overhead_tokens <= measured.batcher.token_budget
+    fixed = EmbeddingEngine(static_artifact, FleetSettings(intra_op_threads=1, run_overhead_tokens=64))
+    fixed.warm_up()
+    assert fixed.batcher.run_overhead_tokens == 64

@@ -1,7 +1,9 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.batching import TokenBudgetBatcher
+from worker.run_cost import RunCost
 
 
 @given(st.lists(st.integers(min_value=0, max_value=300), max_size=200))
@@ -39,3 +41,15 @@ def test_small_length_steps_stay_in_one_batch_when_a_run_costs_more_than_their_p
     lengths = [10, 11, 12, 13] * 4
     assert len(list(TokenBudgetBatcher(8192, 64, run_overhead_tokens=64).batches(lengths))) == 1
     assert len(list(TokenBudgetBatcher(8192, 64, run_overhead_tokens=0).batches(lengths))) == 4
+
+
+def test_a_run_cost_fit_recovers_a_line_and_prices_a_run_in_tokens() -> None:
+    points = [(tokens, 0.0004 + 0.00004 * tokens) for tokens in (12, 24, 48, 96, 192, 384)]
+    cost = RunCost.fit(points)
+    assert cost.fixed_s == pytest.approx(0.0004) and cost.per_token_s == pytest.approx(0.00004)
+    assert cost.overhead_tokens == 10
+
+
+def test_a_run_cost_with_no_fixed_part_or_no_slope_prices_a_cut_at_nothing() -> None:
+    assert RunCost(fixed_s=-0.001, per_token_s=0.00004).overhead_tokens == 0
+    assert RunCost(fixed_s=0.001, per_token_s=0.0).overhead_tokens == 0
