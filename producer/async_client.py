@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT
 
 from contract import keys
 from contract.celery_config import make_celery
@@ -47,6 +48,7 @@ from producer.job_rules import (
 from producer.planning import clip_texts, plan_job, validate_texts
 from producer.queue_entries import QueueEntries
 from producer.submission import (
+    SUBMIT_SCRIPT,
     PreparedJob,
     PublishFailed,
     WholeSmallJob,
@@ -54,8 +56,8 @@ from producer.submission import (
     prepare_job,
     publish_chunks,
     publish_failed,
-    queue_store,
     queue_withdraw,
+    submit_call,
 )
 
 
@@ -72,6 +74,7 @@ class AsyncEmbeddingClient:
         )
         self.celery = make_celery(self.settings, main="producer")
         self.entries = QueueEntries(self.celery) if QueueEntries.serve(self.settings) else None
+        self._submit_script = self.redis.register_script(load_lua(SUBMIT_SCRIPT))
         self._end = self.redis.register_script(load_lua("end_job"))
         self._waiter = AsyncWaiterChannel(
             self.redis, self.settings.redis_socket_timeout_s, self.settings.wait_poll_s
@@ -133,10 +136,10 @@ class AsyncEmbeddingClient:
         self, small: WholeSmallJob, waiter: AsyncWaiterChannel | None
     ) -> tuple[PreparedJob, list[bool], End | None]:
         """As EmbeddingClient._store_whole; also gives which texts were cached, and the job's end."""
-        pipe = self.redis.pipeline(transaction=True)
-        job = small.queue(cast(Any, pipe), self.cache)
+        job = small.prepare()
+        script_keys, args = small.call(job, await self._entries_of(job))
         end = _expect(job, waiter)
-        hits, ended = small.read(await self._execute_store(pipe, job, end), self.cache)
+        hits, ended = small.ended(await self._run_submit(script_keys, args, job, end))
         if ended is None:
             return job, hits, end
         _forget(end, job)
@@ -146,25 +149,34 @@ class AsyncEmbeddingClient:
     async def _store(
         self, job: PreparedJob, replacing: str = "", waiter: AsyncWaiterChannel | None = None
     ) -> End | None:
-        pipe = self.redis.pipeline(transaction=True)
-        if replacing:
-            queue_withdraw(cast(Any, pipe), replacing)
-        queue_store(cast(Any, pipe), job, self.settings.job_ttl_s)
+        script_keys, args = submit_call(job, self.settings, await self._entries_of(job))
         end = _expect(job, waiter)
-        await self._execute_store(pipe, job, end)
+        if not replacing:
+            await self._run_submit(script_keys, args, job, end)
+            return end
+        pipe = self.redis.pipeline(transaction=True)
+        queue_withdraw(cast(Any, pipe), replacing)
+        pipe.eval(load_lua(SUBMIT_SCRIPT), len(script_keys), *script_keys, *args)
+        await pipe.execute()
         return end
 
-    async def _execute_store(self, pipe: Any, job: PreparedJob, end: End | None) -> list[object]:
-        """The store's MULTI; where the broker is this Redis, with the chunks' messages in it."""
-        if self.entries is not None:
-            if not self.entries.opened:
-                await asyncio.to_thread(self.entries.channel)  # it connects: not on the event loop
-            self.entries.queue(pipe, job)
+    async def _run_submit(
+        self, script_keys: list[str], args: list[EncodableT], job: PreparedJob, end: End | None
+    ) -> object:
+        """submit_job.lua; the job's end is expected first, as its messages may be stored with it."""
         try:
-            return cast(list[object], await pipe.execute())
+            return await self._submit_script(keys=script_keys, args=args)
         except BaseException:
             _forget(end, job)
             raise
+
+    async def _entries_of(self, job: PreparedJob) -> list[bytes]:
+        """As EmbeddingClient._entries_of; the broker channel is opened (it connects) off the event loop."""
+        if self.entries is None:
+            return []
+        if not self.entries.opened:
+            await asyncio.to_thread(self.entries.channel)
+        return self.entries.entries(job)
 
     async def job(self, job_id: str) -> AsyncJob:
         job = AsyncJob(self, job_id)

@@ -16,6 +16,7 @@ from contract.fleet_registry import BuildAdvert, FleetRegistry
 from contract.jobs import JobRecord
 from contract.lanes import Lane
 from contract.ledger import JobLedger
+from contract.lua_scripts import load_lua
 from contract.redis_connection import connect, explain, mask_url
 from contract.settings import FleetSettings
 from contract.vector_cache import VectorCache
@@ -27,6 +28,7 @@ from producer.job_rules import CALL_RETRY_S
 from producer.planning import clip_texts, plan_job, validate_texts
 from producer.queue_entries import QueueEntries
 from producer.submission import (
+    SUBMIT_SCRIPT,
     PreparedJob,
     PublishFailed,
     WholeSmallJob,
@@ -34,8 +36,8 @@ from producer.submission import (
     prepare_job,
     publish_chunks,
     publish_failed,
-    queue_store,
     queue_withdraw,
+    submit_call,
 )
 
 # A blip (a failover, a dropped connection) is retried this long inside one call; wait() rides out
@@ -57,6 +59,7 @@ class EmbeddingClient:
         self.registry = FleetRegistry(self.redis, self.settings.heartbeat_ttl_s)
         self.celery = make_celery(self.settings, main="producer")
         self.entries = QueueEntries(self.celery) if QueueEntries.serve(self.settings) else None
+        self._submit_script = self.redis.register_script(load_lua(SUBMIT_SCRIPT))
         self._builds: tuple[float, list[BuildAdvert]] = (0.0, [])
         self._threads = threading.local()
         self._lock = threading.Lock()
@@ -143,27 +146,27 @@ class EmbeddingClient:
         return Job(self, job.record.id, texts, priority, plan.digests, waiter=waiter, final=final)
 
     def _store_whole(self, small: WholeSmallJob) -> PreparedJob:
-        pipe = self.redis.pipeline(transaction=True)
-        job = small.queue(pipe, self.cache)
-        self._queue_messages(pipe, job)
-        _, ended = small.read(pipe.execute(), self.cache)
+        job = small.prepare()
+        script_keys, args = small.call(job, self._entries_of(job))
+        _, ended = small.ended(self._submit_script(keys=script_keys, args=args))
         if ended is None:
             return job
         self._store(ended, replacing=job.record.id)
         return ended
 
     def _store(self, job: PreparedJob, replacing: str = "") -> None:
+        script_keys, args = submit_call(job, self.settings, self._entries_of(job))
+        if not replacing:
+            self._submit_script(keys=script_keys, args=args)
+            return
         pipe = self.redis.pipeline(transaction=True)
-        if replacing:
-            queue_withdraw(pipe, replacing)
-        queue_store(pipe, job, self.settings.job_ttl_s)
-        self._queue_messages(pipe, job)
+        queue_withdraw(pipe, replacing)
+        pipe.eval(load_lua(SUBMIT_SCRIPT), len(script_keys), *script_keys, *args)
         pipe.execute()
 
-    def _queue_messages(self, pipe: redis.client.Pipeline, job: PreparedJob) -> None:
-        """Where the broker is this Redis, the chunks' messages go in the MULTI that stores the job."""
-        if self.entries is not None:
-            self.entries.queue(pipe, job)
+    def _entries_of(self, job: PreparedJob) -> list[bytes]:
+        """Where the broker is this Redis, the chunks' messages are stored with the job."""
+        return self.entries.entries(job) if self.entries is not None else []
 
     def job(self, job_id: str) -> Job:
         job = Job(self, job_id)

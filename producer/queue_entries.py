@@ -1,12 +1,13 @@
-"""Chunk messages written in the MULTI that stores their job, where the broker is the cache's Redis.
+"""Chunk messages stored with their job in one step, where the broker is the cache's Redis.
 
 Celery's `send_task` costs a producer about 0.23 ms of CPU and a round trip per chunk (routing,
 declaring, kombu's retrying publish): as much as all the rest of a 1-text submit. What it leaves
 in Redis is one LPUSH of Celery's task message in kombu's envelope. The same entry is built here
 from the same parts: Celery's `create_task_message`, kombu's serializer and `prepare_message`, and
-kombu's channel routing it into a publish batch (the hook kombu's `Producer.batch` uses), whose
-commands go on the caller's pipeline. So a submit is one round trip, and a job is never stored
-without its messages, nor queued without its record.
+kombu's channel routing it into a publish batch (the hook kombu's `Producer.batch` uses) that
+keeps the entry instead of sending it. submit_job.lua pushes the entries as it stores the job: a
+submit is one round trip, and a job is never stored without its messages, nor queued without its
+record.
 """
 
 from __future__ import annotations
@@ -28,18 +29,24 @@ PERSISTENT = 2  # AMQP delivery mode, as Celery sets it for its default queues
 DEFAULT_EXCHANGE = ""  # Celery sends to a named queue through the default (direct) exchange
 
 
-class _OnPipeline:
-    """kombu's publish-batch interface (`add(command, *args)`), queuing each command on a pipeline."""
+class _Collected:
+    """kombu's publish-batch interface (`add(command, *args)`): keeps the entry kombu would LPUSH."""
 
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.entries: list[bytes] = []
 
-    def add(self, name: str, *args: object) -> None:
-        getattr(self.pipe, name)(*args)
+    def add(self, name: str, key: str, *args: Any) -> None:
+        if name != "lpush" or key != self.queue:
+            raise RuntimeError(
+                f"kombu would {name.upper()} {key!r} to publish to {self.queue!r}: queues with options "
+                "(an expiry, priorities) are not supported here; use a broker apart from the cache"
+            )
+        self.entries.extend(arg if isinstance(arg, bytes) else str(arg).encode() for arg in args)
 
 
 class QueueEntries:
-    """Queues a job's chunk messages on a pipeline of the broker's own Redis."""
+    """A job's chunk messages, as entries for the broker's own Redis lists."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -70,14 +77,14 @@ class QueueEntries:
                 self._connection.close()
             self._connection = self._channel = None
 
-    def queue(self, pipe: Any, job: PreparedJob) -> None:
-        """Add one LPUSH per chunk of `job` to `pipe`: the entry Celery's send_task would push."""
+    def entries(self, job: PreparedJob) -> list[bytes]:
+        """One entry per chunk of `job`, for its lane's list (submit_job.lua pushes them)."""
         record = job.record
         queue = queue_name(record.model, record.fingerprint, record.lane)
-        for ref in job.refs():
-            self.queue_chunk(pipe, ref, queue)
+        return [self.entry(ref, queue) for ref in job.refs()]
 
-    def queue_chunk(self, pipe: Any, ref: ChunkRef, queue: str) -> None:
+    def entry(self, ref: ChunkRef, queue: str) -> bytes:
+        """What Celery's send_task would LPUSH to `queue` for this chunk."""
         channel = self.channel()
         headers, properties, body, _ = self.app.amqp.create_task_message(
             ref.task_id,
@@ -93,4 +100,7 @@ class QueueEntries:
         properties["delivery_mode"] = PERSISTENT
         content_type, encoding, data = dumps(body, serializer=self.app.conf.task_serializer)
         message = channel.prepare_message(data, 0, content_type, encoding, headers, properties)
-        channel.basic_publish(message, DEFAULT_EXCHANGE, queue, _publish_batch=_OnPipeline(pipe))
+        collected = _Collected(queue)
+        channel.basic_publish(message, DEFAULT_EXCHANGE, queue, _publish_batch=collected)
+        (entry,) = collected.entries
+        return entry

@@ -1,8 +1,8 @@
 """What a submit decides and writes, the same for the sync and the asyncio client.
 
-Which build takes the job, its record and chunk payloads, and the commands that store or withdraw
-it: queued on the caller's pipeline (sync or asyncio, they queue alike), so the two clients
-differ only in how they wait for Redis.
+Which build takes the job, its record and chunk payloads, the call that stores it in one step
+(submit_job.lua's KEYS and ARGV) and the commands that withdraw it (queued on the caller's
+pipeline): the two clients differ only in how they wait for Redis.
 """
 
 from __future__ import annotations
@@ -10,19 +10,21 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from celery import Celery
 from redis.client import Pipeline
+from redis.typing import EncodableT
 
 from contract import keys
 from contract.celery_config import send_chunk
 from contract.fleet_registry import BuildAdvert
 from contract.jobs import ChunkRef, JobRecord, JobState, pack_digests
 from contract.lanes import Lane, lane_for, queue_name
-from contract.redis_connection import mask_url
+from contract.redis_connection import as_bytes, mask_url
 from contract.settings import FleetSettings
-from contract.vector_cache import VectorCache
 from producer.errors import FleetUnavailableError
 from producer.planning import JobPlan, chunk_payloads
 
@@ -113,21 +115,52 @@ def prepare_job(
     return PreparedJob(record, plan, payloads, sizes)
 
 
-def queue_store(pipe: Pipeline, job: PreparedJob, ttl_s: int) -> None:
-    """The whole job, written in one MULTI before any chunk is published."""
+SUBMIT_SCRIPT = "submit_job"
+
+
+def submit_call(
+    job: PreparedJob, settings: FleetSettings, entries: Sequence[bytes] = (), look: Sequence[str] = ()
+) -> tuple[list[str], list[EncodableT]]:
+    """KEYS and ARGV of submit_job.lua: the whole job in one step, with its chunks' queue entries
+    (where the broker is this Redis) and, for a small job stored whole, a look at its `look` digests."""
     record = job.record
-    pipe.hset(keys.job_key(record.id), mapping=record.to_redis())
-    pipe.expire(keys.job_key(record.id), ttl_s)
-    pipe.set(keys.job_digests_key(record.id), pack_digests(job.plan.digests), ex=ttl_s)
-    if job.payloads:
-        pipe.hset(keys.job_payloads_key(record.id), mapping=dict(enumerate(job.payloads)))
-        pipe.expire(keys.job_payloads_key(record.id), ttl_s)
-        pipe.zadd(keys.running_jobs_key(), {record.id: record.created})
+    fingerprint = record.fingerprint
+    fields = [item for pair in record.to_redis().items() for item in pair]
+    script_keys = [
+        keys.job_key(record.id),
+        keys.job_digests_key(record.id),
+        keys.job_payloads_key(record.id),
+        keys.running_jobs_key(),
+        queue_name(record.model, fingerprint, record.lane),
+        keys.truncated_set_key(fingerprint),
+        *(keys.vector_key(fingerprint, digest) for digest in look),
+    ]
+    args: list[EncodableT] = [
+        settings.job_ttl_s,
+        settings.cache_ttl_s,
+        record.id,
+        record.created,
+        pack_digests(job.plan.digests),
+        len(fields) // 2,
+        *fields,
+        len(job.payloads),
+        *job.payloads,
+        len(entries),
+        *entries,
+        *look,
+    ]
+    return script_keys, args
+
+
+def read_submit_reply(reply: object) -> tuple[list[bool], list[bool]]:
+    """(cached, cut) per looked-up digest, from submit_job.lua's reply."""
+    flags, cut = cast(list[object], reply)
+    return [flag == ord("1") for flag in as_bytes(flags)], [bool(flag) for flag in cast(list[object], cut)]
 
 
 @dataclass
 class WholeSmallJob:
-    """A small job stored whole, as if no text were cached, in its cache look's round trip (one MULTI):
+    """A small job stored whole, as if no text were cached, in the same step that looks its texts up:
     for small requests new texts are the rule, and the worker counts cached texts without embedding
     them again. Where every text turns out cached, the job is stored again, ended, under a new id."""
 
@@ -141,18 +174,17 @@ class WholeSmallJob:
     def fits(plan: JobPlan, settings: FleetSettings) -> bool:
         return 0 < len(plan.unique_digests) <= settings.interactive_max_texts
 
-    def queue(self, pipe: Pipeline, cache: VectorCache) -> PreparedJob:
-        """Add the cache look and the whole job's store to `pipe`; the job as stored."""
+    def prepare(self) -> PreparedJob:
+        """The job as stored: every text to embed."""
         misses = [False] * len(self.plan.unique_digests)
-        job = prepare_job(self.plan, self.build, misses, misses, self.settings, self.priority, self.notify)
-        cache.queue_look(pipe, self.build.fingerprint, self.plan.unique_digests)
-        queue_store(pipe, job, self.settings.job_ttl_s)
-        return job
+        return prepare_job(self.plan, self.build, misses, misses, self.settings, self.priority, self.notify)
 
-    def read(self, replies: list[object], cache: VectorCache) -> tuple[list[bool], PreparedJob | None]:
+    def call(self, job: PreparedJob, entries: Sequence[bytes]) -> tuple[list[str], list[EncodableT]]:
+        return submit_call(job, self.settings, entries, look=self.plan.unique_digests)
+
+    def ended(self, reply: object) -> tuple[list[bool], PreparedJob | None]:
         """Which texts were cached, and the ended job to store instead where all of them were."""
-        count = len(self.plan.unique_digests)
-        hits, cut = cache.read_look(replies[: cache.look_replies(count)], count)
+        hits, cut = read_submit_reply(reply)
         if not all(hits):
             return hits, None
         return hits, prepare_job(self.plan, self.build, hits, cut, self.settings, self.priority, self.notify)

@@ -1,4 +1,4 @@
-"""Chunk messages written in the job's own MULTI (producer.queue_entries), on a real Redis and fleet."""
+"""Chunk messages stored with their job in one step (producer.queue_entries), on a real Redis and fleet."""
 
 from __future__ import annotations
 
@@ -37,9 +37,7 @@ def test_a_chunk_entry_is_the_one_celerys_send_task_pushes(broker_server: RedisS
         assert client.entries is not None
         ref = ChunkRef("f" * 32, 3, 7)
         send_chunk(client.celery, ref, "test.entries.sent")
-        pipe = client.redis.pipeline(transaction=True)
-        client.entries.queue_chunk(pipe, ref, "test.entries.built")
-        pipe.execute()
+        client.redis.lpush("test.entries.built", client.entries.entry(ref, "test.entries.built"))
         sent = _comparable(client.redis.rpop("test.entries.sent"))  # type: ignore[arg-type]
         built = _comparable(client.redis.rpop("test.entries.built"))  # type: ignore[arg-type]
     # send_task also copies its own options into the properties; Celery reads them from the headers.
@@ -63,7 +61,7 @@ def test_on_one_redis_jobs_run_without_a_single_celery_publish(
     with one_redis_fleet.client() as client:
 
         def refuse(*_: object, **__: object) -> None:
-            raise AssertionError("a chunk was published outside the job's MULTI")
+            raise AssertionError("a chunk was published apart from its job")
 
         monkeypatch.setattr(client.celery, "send_task", refuse)
         bulk = client.submit(texts, priority="bulk")
@@ -74,7 +72,7 @@ def test_on_one_redis_jobs_run_without_a_single_celery_publish(
     np.testing.assert_array_equal(again[0], vectors[5])
 
 
-def test_an_async_client_on_one_redis_expects_its_end_before_the_multi(
+def test_an_async_client_on_one_redis_expects_its_end_before_storing_it(
     one_redis_fleet: LocalFleet,
 ) -> None:
     async def run() -> list[np.ndarray]:
