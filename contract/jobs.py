@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import Field as Field_
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from functools import cache
@@ -12,10 +13,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from redis.typing import EncodableT, FieldT
 
+from contract.codec import VECTOR_DTYPE
 from contract.digest import DIGEST_BYTES
 from contract.lanes import Lane
 
 POSITION_DTYPE = np.dtype("<u4")
+STORED = "stored"  # dataclass field metadata: False for what the record carries but Redis does not keep
 
 
 class JobState(str, Enum):
@@ -54,9 +57,13 @@ class JobRecord:
     finished: float = 0.0
     error: str = ""
     notify: str = ""  # a waiting client's own channel, where the job's end is announced too ("": none)
+    # Not stored: the vectors (digest -> encoded vector) the end's announcement on `notify` carried.
+    carried: dict[str, bytes] = field(
+        default_factory=dict, compare=False, repr=False, metadata={STORED: False}
+    )
 
     def to_redis(self) -> dict[FieldT, EncodableT]:
-        return {spec.name: _text(getattr(self, spec.name)) for spec in fields(self)}
+        return {spec.name: _text(getattr(self, spec.name)) for spec in _stored_fields()}
 
     @classmethod
     def from_redis(cls, raw: Mapping[bytes | str, bytes | str]) -> JobRecord:
@@ -201,10 +208,16 @@ def ended_record(announcement: bytes | str) -> JobRecord | None:
     """The final record an announcement carries when its job ended; None for a progress count.
 
     Ending a job publishes the whole record (a JSON array of field/value pairs, as Lua's cjson
-    writes HGETALL), so a waiter that hears it needs no status read.
+    writes HGETALL), so a waiter that hears it needs no status read. On the waiter's own channel a
+    job of one chunk also carries the vectors that chunk computed, after a newline (cjson escapes
+    every newline inside the JSON): 32 digest bytes then the encoded vector, for each text; its
+    waiter then reads from the cache only the vectors it did not carry.
     """
+    head, vectors = (
+        announcement.partition(b"\n")[::2] if isinstance(announcement, bytes) else (announcement, b"")
+    )
     try:
-        pairs = json.loads(announcement)
+        pairs = json.loads(head)
     except ValueError:
         return None
     if not isinstance(pairs, list) or len(pairs) % 2 or not all(isinstance(item, str) for item in pairs):
@@ -213,7 +226,24 @@ def ended_record(announcement: bytes | str) -> JobRecord | None:
         record = JobRecord.from_redis(dict(zip(pairs[::2], pairs[1::2], strict=True)))
     except (TypeError, ValueError):  # not a whole record
         return None
-    return record if record.state.finished else None
+    if not record.state.finished:
+        return None
+    record.carried = unpack_carried(vectors, record.dims)
+    return record
+
+
+def pack_carried(digests: Sequence[str], vectors: Sequence[bytes]) -> bytes:
+    """Vectors for an ended job's announcement (see `ended_record`)."""
+    return b"".join(bytes.fromhex(digest) + vector for digest, vector in zip(digests, vectors, strict=True))
+
+
+def unpack_carried(blob: bytes, dims: int) -> dict[str, bytes]:
+    """{digest: encoded vector}; nothing where the blob is not whole (the waiter reads the cache)."""
+    size = DIGEST_BYTES + dims * VECTOR_DTYPE.itemsize
+    if not blob or len(blob) % size:
+        return {}
+    starts = range(0, len(blob), size)
+    return {blob[at : at + DIGEST_BYTES].hex(): blob[at + DIGEST_BYTES : at + size] for at in starts}
 
 
 def _text(value: object) -> str:
@@ -230,7 +260,12 @@ FIELD_TYPES: dict[object, type] = {"int": int, "float": float, "str": str, "JobS
 @cache
 def _record_parsers() -> dict[str, type]:
     """Field annotations are strings here (postponed evaluation); Redis gives every value as text."""
-    return {spec.name: FIELD_TYPES.get(spec.type, str) for spec in fields(JobRecord)}
+    return {spec.name: FIELD_TYPES.get(spec.type, str) for spec in _stored_fields()}
+
+
+@cache
+def _stored_fields() -> tuple[Field_, ...]:
+    return tuple(spec for spec in fields(JobRecord) if spec.metadata.get(STORED, True))
 
 
 def stall_error(record: JobRecord, stall_timeout_s: float) -> str:

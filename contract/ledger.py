@@ -170,8 +170,13 @@ class JobLedger:
             self.queue_complete(pipe, ref, outcome)
         return [int(counted) for counted in pipe.execute()]
 
-    def queue_complete(self, pipe: Pipeline, ref: ChunkRef, outcome: ChunkOutcome) -> None:
-        """Add counting one chunk to `pipe` (its reply: 1 counted, 0 already counted, -1 job gone)."""
+    def queue_complete(
+        self, pipe: Pipeline, ref: ChunkRef, outcome: ChunkOutcome, carried: bytes = b""
+    ) -> None:
+        """Add counting one chunk to `pipe` (its reply: 1 counted, 0 already counted, -1 job gone).
+
+        `carried`: where the chunk is its whole job, the vectors it computed (contract.jobs.pack_carried)
+        for the announcement of the job's end to its waiter."""
         job = ref.job_id
         chunk_keys = [
             keys.job_key(job),
@@ -192,6 +197,7 @@ class JobLedger:
             outcome.failed_positions,
             keys.job_channel(job),
             job,
+            carried,
         ]
         pipe.eval(load_lua("complete_chunk"), len(chunk_keys), *chunk_keys, *args)
 

@@ -40,10 +40,12 @@ from producer.job_rules import (
     StallClock,
     assemble,
     check_finished,
+    in_input_order,
     missing_record,
     no_texts,
     outage,
     pause_s,
+    still_to_read,
 )
 from producer.planning import clip_texts, plan_job, validate_texts
 from producer.queue_entries import QueueEntries
@@ -380,14 +382,15 @@ class AsyncJob:
 
     async def _fetch(self, record: JobRecord) -> list[bytes | None]:
         digests = await self._digests(record)
-        found: list[bytes | None] = []
+        wanted = still_to_read(digests, record.carried)
+        read: list[bytes | None] = []
         size = self.client.settings.fetch_batch_size
-        for start in range(0, len(digests), size):
-            batch = [keys.vector_key(record.fingerprint, d) for d in digests[start : start + size]]
-            found.extend(
+        for start in range(0, len(wanted), size):
+            batch = [keys.vector_key(record.fingerprint, d) for d in wanted[start : start + size]]
+            read.extend(
                 None if value is None else as_bytes(value) for value in await self.client.redis.mget(batch)
             )
-        return found
+        return in_input_order(digests, record.carried, wanted, read)
 
     async def _digests(self, record: JobRecord) -> list[str]:
         if self._digests_known is not None:

@@ -25,10 +25,12 @@ from producer.job_rules import (
     StallClock,
     assemble,
     check_finished,
+    in_input_order,
     missing_record,
     no_texts,
     outage,
     pause_s,
+    still_to_read,
 )
 from producer.planning import clip_texts, plan_job
 
@@ -183,7 +185,10 @@ class Job:
 
     def _fetch(self, record: JobRecord, missing: Missing) -> list[bytes | None]:
         check_finished(record, missing, self._failed_positions() if record.state is not JobState.DONE else [])
-        return self.client.cache.fetch(record.fingerprint, self._digests(record))
+        digests = self._digests(record)
+        wanted = still_to_read(digests, record.carried)
+        read = self.client.cache.fetch(record.fingerprint, wanted) if wanted else []
+        return in_input_order(digests, record.carried, wanted, read)
 
     def _recompute(self, blobs: list[bytes | None]) -> list[bytes | None]:
         """Embed the evicted rows again, in rounds: a full LRU cache may evict some fresh vectors too."""

@@ -7,6 +7,7 @@ fetched vectors become the result matrix. The clients only fetch.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -54,6 +55,19 @@ def check_finished(record: JobRecord, missing: Missing, failed_positions: list[i
         )
     if record.state is not JobState.DONE and missing != "mask":
         raise JobFailedError(f"job {record.id} {record.state.value}: {record.error}", failed_positions)
+
+
+def still_to_read(digests: Sequence[str], carried: Mapping[str, bytes]) -> list[str]:
+    """The distinct digests whose vectors the job's end did not carry: to read from the cache."""
+    return [digest for digest in dict.fromkeys(digests) if digest not in carried]
+
+
+def in_input_order(
+    digests: Sequence[str], carried: Mapping[str, bytes], wanted: Sequence[str], read: Sequence[bytes | None]
+) -> list[bytes | None]:
+    """One vector (or None) per input position, from what was carried and what was read."""
+    found: dict[str, bytes | None] = {**dict(zip(wanted, read, strict=True)), **carried}
+    return [found.get(digest) for digest in digests]
 
 
 def assemble(record: JobRecord, blobs: list[bytes | None], missing: Missing) -> Matrix:

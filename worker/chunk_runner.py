@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import redis
 
+from contract.codec import encode_vector
 from contract.digest import digest_for
-from contract.jobs import ChunkPayload, ChunkRef, describe_positions, pack_positions
+from contract.jobs import ChunkPayload, ChunkRef, describe_positions, pack_carried, pack_positions
 from contract.ledger import ChunkOutcome, Claim, ClaimStatus, failed_outcome, queue_job_digests
 from worker import metrics
 from worker.payload_check import PayloadRejected, check_positions, mismatched_positions, parse_payload
@@ -67,6 +68,7 @@ class ReadyChunk:
     digests: list[str]
     failures: int
     poison: frozenset[int]
+    whole_job: bool  # the chunk holds every input of its job (a small job): its end carries vectors
     stored: dict[int, bytes] = field(default_factory=dict)
     cached: list[bool] = field(default_factory=list)
     cut: list[bool] = field(default_factory=list)
@@ -167,7 +169,8 @@ class ChunkRunner:
         if claim.failures >= self.runtime.settings.max_chunk_attempts:
             self._give_up(ref, payload, f"failed {claim.failures} times; last error: {claim.last_error}")
         digests = [digest_for(fingerprint, text) for text in payload.texts]
-        return ReadyChunk(ref, payload, digests, claim.failures, claim.poison)
+        whole_job = sum(len(places) for places in payload.positions) == claim.total
+        return ReadyChunk(ref, payload, digests, claim.failures, claim.poison, whole_job)
 
     def _inspect(self, chunks: list[ReadyChunk]) -> list[ReadyChunk]:
         """One round trip: the job's digest at every position, and what the cache holds of each text."""
@@ -219,14 +222,16 @@ class ChunkRunner:
                     texts[digest] = text
         missing = [digest for digest in texts if digest not in truncated]
         pipe = self.runtime.redis.pipeline(transaction=False)
+        computed: dict[str, bytes] = {}
         if missing:
             metrics.BATCH_TEXTS.observe(len(missing))
             result = engine.embed([texts[digest] for digest in missing], self.before_each_run)
             cache.queue_write(pipe, engine.fingerprint, missing, result.vectors, result.truncated)
             truncated.update(zip(missing, result.truncated, strict=True))
+            computed = dict(zip(missing, map(encode_vector, result.vectors), strict=True))
         for chunk in chunks:
             outcome = chunk_outcome(chunk.payload, [truncated[d] for d in chunk.digests], {})
-            self.runtime.ledger.queue_complete(pipe, chunk.ref, outcome)
+            self.runtime.ledger.queue_complete(pipe, chunk.ref, outcome, _carried(chunk, computed))
         pipe.execute()
         report.embedded += len(missing)
         report.cached += sum(sum(chunk.cached) for chunk in chunks)
@@ -269,6 +274,15 @@ class ChunkRunner:
         """Count the chunk failed, naming its input positions, so its job ends; then say so."""
         self.runtime.ledger.complete(ref, failed_outcome(payload, f"chunk {ref.chunk} {reason}"))
         raise _GaveUp(f"chunk {ref.chunk} of job {ref.job_id} {reason}")
+
+
+def _carried(chunk: ReadyChunk, computed: dict[str, bytes]) -> bytes:
+    """The vectors the end of a chunk's job announces to its waiter: of a whole small job, those
+    this run computed (the waiter reads the cached ones, and those of bigger jobs, from the cache)."""
+    if not chunk.whole_job:
+        return b""
+    digests = [digest for digest in dict.fromkeys(chunk.digests) if digest in computed]
+    return pack_carried(digests, [computed[digest] for digest in digests])
 
 
 @dataclass

@@ -6,8 +6,10 @@
 -- ARGV[1] chunk number      ARGV[2] positions done   ARGV[3] positions failed   ARGV[4] truncated positions
 -- ARGV[5] error text ("" when nothing failed)   ARGV[6] failed positions, packed uint32
 -- ARGV[7] progress channel  ARGV[8] job id
+-- ARGV[9] the vectors this chunk computed, for the waiter ("" unless the chunk is its whole job)
 -- Announces the new count on the progress channel; the last chunk announces the whole ended record
--- instead (cjson of HGETALL), there and on the record's `notify` channel, if it names one.
+-- instead (cjson of HGETALL), there and on the record's `notify` channel, if it names one, with
+-- ARGV[9] after a newline (cjson escapes every newline inside the record).
 -- Returns 1 when counted, 0 when the chunk was already counted, -1 when the job is gone.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
@@ -53,7 +55,11 @@ if job[1] == 'queued' and counted >= tonumber(job[2]) then
   redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
   announcement = cjson.encode(redis.call('HGETALL', KEYS[1]))
   if job[4] and job[4] ~= '' then
-    redis.call('PUBLISH', job[4], announcement)
+    if ARGV[9] ~= '' then
+      redis.call('PUBLISH', job[4], announcement .. '\n' .. ARGV[9])
+    else
+      redis.call('PUBLISH', job[4], announcement)
+    end
   end
 end
 redis.call('PUBLISH', ARGV[7], announcement)

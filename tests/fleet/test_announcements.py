@@ -44,6 +44,28 @@ def test_an_embed_hears_its_end_on_the_threads_own_channel_and_reads_no_status(
     listener.close()
 
 
+def test_a_small_jobs_end_carries_the_vectors_it_computed_and_the_wait_reads_only_the_rest(
+    redis_client: EmbeddingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = redis_client
+    cached, new = unique_texts(2)
+    reference = client.embed([cached], timeout=JOB_TIMEOUT_S)
+    reads: list[list[str]] = []
+    fetch = client.cache.fetch
+    monkeypatch.setattr(
+        client.cache, "fetch", lambda fp, digests: reads.append(list(digests)) or fetch(fp, digests)
+    )
+
+    job = client.submit_to_wait([new, cached, new])
+    record = job.wait(timeout=JOB_TIMEOUT_S)
+    vectors = job.result()
+
+    assert len(record.carried) == 1 and reads == [[job._digests(record)[1]]]  # only the cached text is read
+    np.testing.assert_array_equal(vectors[1], reference[0])
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert client.embed(unique_texts(3), timeout=JOB_TIMEOUT_S).shape == (3, 384) and len(reads) == 1
+
+
 def test_a_cancelled_job_announces_its_ended_record_on_its_channel(client: EmbeddingClient) -> None:
     job = client.submit(unique_texts(3_000), priority="bulk")
     listener = client.redis.pubsub()

@@ -8,7 +8,7 @@ import pytest
 from contract.celery_config import celery_config
 from contract.codec import VectorCodecError, decode_vectors, encode_vector
 from contract.digest import digest_for
-from contract.jobs import JobRecord, JobState, ended_record, pack_digests, unpack_digests
+from contract.jobs import JobRecord, JobState, ended_record, pack_carried, pack_digests, unpack_digests
 from contract.settings import FleetSettings, usable_cpus
 
 
@@ -51,6 +51,21 @@ def test_an_ended_jobs_announcement_carries_its_record_and_a_progress_count_does
     assert ended_record(b'["id", "j", "state"]') is None
     assert ended_record(b'["state", "done"]') is None  # not a whole record
     assert ended_record(b"{not json") is None
+
+
+def test_an_ended_record_announced_to_its_waiter_carries_its_vectors() -> None:
+    record = JobRecord(
+        id="j", total=2, fingerprint="fp", dims=8, chunks=1, counted=1, done=2, state=JobState.DONE
+    )
+    pairs = [item for key, value in record.to_redis().items() for item in (str(key), str(value))]
+    digests = [digest_for("fp", text) for text in ["a", "b"]]
+    vectors = [encode_vector(np.full(8, value, dtype=np.float32)) for value in (1.0, 2.0)]
+    heard = ended_record(json.dumps(pairs).encode() + b"\n" + pack_carried(digests, vectors))
+    assert heard == record and heard is not None
+    assert heard.carried == dict(zip(digests, vectors, strict=True))
+    assert "carried" not in record.to_redis()
+    torn = ended_record(json.dumps(pairs).encode() + b"\n" + pack_carried(digests, vectors)[:-1])
+    assert torn is not None and torn.carried == {}  # the waiter reads the cache instead
 
 
 def test_digests_pack_in_order() -> None:
