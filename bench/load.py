@@ -32,6 +32,7 @@ from producer import EmbeddingClient
 PROCESSES = 2
 MIX = (1, 4, 16)
 PACE_S = 0.1
+COUNTER_DIGITS = 7
 MS = 1_000.0
 PHASES = ("clients", "mix", "shared", "backlog", "beside")
 
@@ -62,7 +63,11 @@ class Phase:
 
 
 class TextSource:
-    """Fresh texts on demand: STS-B sentences with a counter, so no request is a cache hit."""
+    """Fresh texts on demand: STS-B sentences with a counter, so no request is a cache hit.
+
+    The counter has a fixed width, so every phase's texts have the same token lengths: bulk texts
+    taken first are not shorter than the interactive ones taken after them.
+    """
 
     def __init__(self, sentences: list[str]) -> None:
         self.sentences = sentences
@@ -71,7 +76,8 @@ class TextSource:
 
     def take(self, count: int) -> list[str]:
         numbers = [next(self.counter) for _ in range(count)]
-        return [f"{self.sentences[n % len(self.sentences)]} ({self.tag}.{n})" for n in numbers]
+        sentences = self.sentences
+        return [f"{sentences[n % len(sentences)]} ({self.tag}.{n:0{COUNTER_DIGITS}d})" for n in numbers]
 
 
 def run_clients(
