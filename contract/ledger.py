@@ -122,9 +122,12 @@ class JobLedger:
         """Redis' clock: every host compares progress times against the same one."""
         return server_time(self.redis)
 
-    def claim_many(self, refs: Sequence[ChunkRef], node: str, lease_s: float) -> list[Claim]:
-        """Claim several chunks in one round trip (a worker batching small chunks together)."""
-        pipe = self.redis.pipeline(transaction=False)
+    def claim_many(
+        self, refs: Sequence[ChunkRef], node: str, lease_s: float, pipe: Pipeline | None = None
+    ) -> list[Claim]:
+        """Claim several chunks in one round trip (a worker batching small chunks together); `pipe`
+        may hold commands to send first (their replies are dropped)."""
+        pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
         for ref in refs:
             job = ref.job_id
             chunk_keys = [
@@ -135,7 +138,8 @@ class JobLedger:
                 keys.job_attempts_key(job),
             ]
             pipe.eval(load_lua("claim_chunk"), len(chunk_keys), *chunk_keys, ref.chunk, node, int(lease_s))
-        return [_claim(reply) for reply in pipe.execute()]
+        replies = pipe.execute()
+        return [_claim(reply) for reply in replies[len(replies) - len(refs) :]]
 
     def mark_running(self, ref: ChunkRef, index: int | None) -> None:
         """During an isolated retry: which text runs now (None: none), so a death names its text."""

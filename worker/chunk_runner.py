@@ -27,6 +27,7 @@ from worker import metrics
 from worker.payload_check import PayloadRejected, check_positions, mismatched_positions, parse_payload
 
 if TYPE_CHECKING:  # Flower imports the task module without the model runtime
+    from worker.gathering import CarriedNote
     from worker.runtime import ProcessRuntime
 
 
@@ -107,25 +108,30 @@ class ChunkRunner:
     republish: Republish | None = None
     before_each_run: Callable[[], None] | None = None
 
-    def run(self, ref: ChunkRef, carried: Sequence[ChunkRef] = ()) -> str:
-        """Run the task's chunk and the chunks it carried; raise only for the task's own chunk."""
-        report, tally = self._measured_run(ref, carried)
+    def run(self, ref: ChunkRef, carried: Sequence[ChunkRef] = (), note: CarriedNote | None = None) -> str:
+        """Run the task's chunk and the chunks it carried; raise only for the task's own chunk.
+
+        `note` (of the carried chunks) is written with their claims and dropped with their counts
+        where every chunk runs in the shared batch; else it stays for the caller to forget."""
+        report, tally = self._measured_run(ref, carried, note)
         if tally.own_failure:
             raise ChunkFailedError(tally.own_failure)
         if tally.own_retry:
             raise RetryableChunkError(tally.own_retry)
         return str(report)
 
-    def serve(self, refs: Sequence[ChunkRef]) -> BatchReport:
+    def serve(self, refs: Sequence[ChunkRef], note: CarriedNote | None = None) -> BatchReport:
         """Run chunks that have no task of their own in this process; one to retry is published again."""
-        report, tally = self._measured_run(refs[0], refs[1:])
+        report, tally = self._measured_run(refs[0], refs[1:], note)
         if tally.own_retry and self.republish is not None:
             self.republish(refs[0])
         return report
 
-    def _measured_run(self, ref: ChunkRef, carried: Sequence[ChunkRef]) -> tuple[BatchReport, _Tally]:
+    def _measured_run(
+        self, ref: ChunkRef, carried: Sequence[ChunkRef], note: CarriedNote | None
+    ) -> tuple[BatchReport, _Tally]:
         with metrics.CHUNK_SECONDS.time():
-            report, tally = self._run(ref, carried)
+            report, tally = self._run(ref, carried, note)
         metrics.CHUNKS.labels("skipped").inc(len(report.skipped))
         metrics.CHUNKS.labels("failed").inc(report.failed)
         metrics.CHUNKS.labels("done").inc(report.chunks - report.failed - len(report.skipped))
@@ -133,10 +139,15 @@ class ChunkRunner:
         metrics.TEXTS.labels("cached").inc(report.cached)
         return report, tally
 
-    def _run(self, ref: ChunkRef, carried: Sequence[ChunkRef]) -> tuple[BatchReport, _Tally]:
+    def _run(
+        self, ref: ChunkRef, carried: Sequence[ChunkRef], note: CarriedNote | None
+    ) -> tuple[BatchReport, _Tally]:
         """Every chunk is seen through before the task's own outcome is raised (by `run`)."""
         refs = [ref, *carried]
-        claims = self.runtime.ledger.claim_many(refs, self.node, self.runtime.settings.lease_s())
+        pipe = self.runtime.redis.pipeline(transaction=False)
+        if note is not None:
+            note.queue_write(pipe)
+        claims = self.runtime.ledger.claim_many(refs, self.node, self.runtime.settings.lease_s(), pipe)
         report = BatchReport(chunks=len(refs))
         outcome = _Tally(ref, report)
         prepared = [
@@ -144,8 +155,10 @@ class ChunkRunner:
         ]
         ready = self._inspect([chunk for chunk in prepared if chunk is not None])
         ready = [chunk for chunk in ready if outcome.guard(partial(self._check_digests, chunk), chunk.ref)]
-        self._run_together([c for c in ready if not c.failures], outcome)
-        for chunk in (c for c in ready if c.failures):
+        apart = [c for c in ready if c.failures]
+        # A chunk that runs apart may kill its process: the note must outlive the shared batch then.
+        self._run_together([c for c in ready if not c.failures], outcome, None if apart else note)
+        for chunk in apart:
             self._run_apart(chunk, report)
         return report, outcome
 
@@ -196,19 +209,21 @@ class ChunkRunner:
             self._give_up(chunk.ref, None, reason)
         return chunk
 
-    def _run_together(self, chunks: list[ReadyChunk], outcome: _Tally) -> None:
+    def _run_together(self, chunks: list[ReadyChunk], outcome: _Tally, note: CarriedNote | None) -> None:
         if not chunks:
             return
         try:
-            self._embed_together(chunks, outcome.report)
+            self._embed_together(chunks, outcome.report, note)
         except redis.RedisError:
             raise
         except Exception as exc:
             self._after_error(chunks, f"{type(exc).__name__}: {exc}", outcome)
 
-    def _embed_together(self, chunks: list[ReadyChunk], report: BatchReport) -> None:
+    def _embed_together(
+        self, chunks: list[ReadyChunk], report: BatchReport, note: CarriedNote | None
+    ) -> None:
         """One engine pass over every text the cache lacks (each distinct text once), then one round
-        trip that stores the vectors and counts every chunk."""
+        trip that stores the vectors, counts every chunk and drops the note of those carried."""
         engine, cache = self.runtime.engine, self.runtime.cache
         texts: dict[str, str] = {}
         truncated: dict[str, bool] = {}
@@ -232,7 +247,11 @@ class ChunkRunner:
         for chunk in chunks:
             outcome = chunk_outcome(chunk.payload, [truncated[d] for d in chunk.digests], {})
             self.runtime.ledger.queue_complete(pipe, chunk.ref, outcome, _carried(chunk, computed))
+        if note is not None:
+            note.queue_forget(pipe)
         pipe.execute()
+        if note is not None:
+            note.forgotten = True
         report.embedded += len(missing)
         report.cached += sum(sum(chunk.cached) for chunk in chunks)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 import redis
@@ -29,6 +30,7 @@ from amqp.exceptions import AMQPError
 from kombu import Connection, Queue
 from kombu.exceptions import KombuError
 from kombu.transport.virtual import Channel
+from redis.client import Pipeline
 
 from contract import keys
 from contract.jobs import ChunkRef, ref_in, ref_of
@@ -126,12 +128,34 @@ class QueueGatherer:
     def _take(self, queue: str, budget: int) -> list[ChunkRef]:
         return self.source.take(queue, budget) if budget > 0 else []
 
-    def note(self, carrier_task_id: str, queue: str, carried: list[ChunkRef]) -> None:
-        record = {"queue": queue, "chunks": [[ref.job_id, ref.chunk, ref.texts] for ref in carried]}
-        self.cache.set(keys.carried_key(carrier_task_id), json.dumps(record), px=int(self.note_ttl_s * 1000))
+    def note(self, carrier_task_id: str, queue: str, carried: list[ChunkRef]) -> CarriedNote:
+        """What a task carries, noted in the round trip that claims its chunks (ChunkRunner)."""
+        return CarriedNote(self.cache, carrier_task_id, queue, carried, self.note_ttl_s)
 
-    def forget(self, carrier_task_id: str) -> None:
-        self.cache.delete(keys.carried_key(carrier_task_id))
+
+@dataclass
+class CarriedNote:
+    """The note of the chunks a task carries, under its task id: written with their claims, dropped
+    with their counts (or by `forget`, where the run ended another way)."""
+
+    cache: redis.Redis
+    carrier_task_id: str
+    queue: str
+    carried: list[ChunkRef]
+    ttl_s: float
+    forgotten: bool = False
+
+    def queue_write(self, pipe: Pipeline) -> None:
+        record = {"queue": self.queue, "chunks": [[ref.job_id, ref.chunk, ref.texts] for ref in self.carried]}
+        pipe.set(keys.carried_key(self.carrier_task_id), json.dumps(record), px=int(self.ttl_s * 1000))
+
+    def queue_forget(self, pipe: Pipeline) -> None:
+        pipe.delete(keys.carried_key(self.carrier_task_id))
+
+    def forget(self) -> None:
+        if not self.forgotten:
+            self.cache.delete(keys.carried_key(self.carrier_task_id))
+            self.forgotten = True
 
 
 def carried_by(cache: redis.Redis, carrier_task_id: str) -> tuple[str, list[ChunkRef]]:

@@ -42,9 +42,9 @@ class InteractiveInterjection:
         taken = self.gatherer.take_waiting(self.queue, self.max_texts)
         if not taken:
             return
-        self.gatherer.note(self.task_id, self.queue, taken)
+        note = self.gatherer.note(self.task_id, self.queue, taken)
         try:
-            self.runner.serve(taken)
+            self.runner.serve(taken, note)
             self.served += len(taken)
         except redis.RedisError:
             self._send_back(taken)
@@ -54,7 +54,7 @@ class InteractiveInterjection:
             self._send_back(taken)
         finally:
             with contextlib.suppress(redis.RedisError):
-                self.gatherer.forget(self.task_id)
+                note.forget()
 
     def _send_back(self, taken: list[ChunkRef]) -> None:
         """Counted chunks are skipped when claimed, so sending one again is always safe."""

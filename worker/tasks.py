@@ -37,6 +37,7 @@ def embed_chunk(self: Task, **fields: object) -> str:
     runtime = open_runtime()
     queue = str((self.request.delivery_info or {}).get("routing_key") or "")
     carried: list[ChunkRef] = []
+    note = None
 
     def republish(chunk: ChunkRef) -> None:
         send_chunk(app, chunk, queue)
@@ -47,8 +48,8 @@ def embed_chunk(self: Task, **fields: object) -> str:
         if lane_of(queue) is Lane.INTERACTIVE:
             carried = runtime.gatherer.take(queue, ref.texts)
         if carried:
-            runtime.gatherer.note(self.request.id, queue, carried)
-        result = runner.run(ref, carried)
+            note = runtime.gatherer.note(self.request.id, queue, carried)
+        result = runner.run(ref, carried, note)
         if interjection is not None and interjection.served:
             result += f"; served {interjection.served} waiting interactive chunks between its runs"
         return result
@@ -64,9 +65,9 @@ def embed_chunk(self: Task, **fields: object) -> str:
         log.warning("%s; retrying", exc)
         raise _retry(self, exc) from exc
     finally:
-        if carried:
+        if note is not None:
             with contextlib.suppress(redis.RedisError):
-                runtime.gatherer.forget(self.request.id)
+                note.forget()
 
 
 def _interjection(bulk_runner: ChunkRunner, queue: str, task_id: str) -> InteractiveInterjection | None:
