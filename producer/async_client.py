@@ -1,8 +1,8 @@
 """The asyncio client: the same API as EmbeddingClient, on redis.asyncio, for asyncio web apps.
 
 Every Redis round trip is awaited, so no request blocks the event loop. Where the broker is the
-cache's Redis, chunk messages go in the job's own MULTI (producer.queue_entries); elsewhere
-Celery's publish (kombu is synchronous) runs on a worker thread. Decisions, records and errors
+cache's Redis, chunk messages are stored with their job in one step (producer.queue_entries);
+elsewhere Celery's publish (kombu is synchronous) runs on a worker thread. Decisions, records and errors
 come from the modules the sync client uses (producer.submission, producer.job_rules), so the two
 cannot drift apart.
 """
