@@ -25,6 +25,7 @@ pytestmark = pytest.mark.drill
 
 PUBLISHED_BEFORE_THE_CRASH = 3
 COPIES = 4
+OLD_BUILD_JOB_TEXTS = 25_000
 
 
 def test_publish_fails_mid_submit(drill: Drill, drill_report: DrillReport) -> None:
@@ -111,7 +112,8 @@ def test_two_builds_consume_at_once(
     server = drill.redis()
     fleet = drill.fleet(server.url)
     with fleet.client() as client:
-        old_jobs = [client.submit(drill_texts(10_000)) for _ in range(2)]
+        # Long enough that both are still running once build B has warmed up, even on a fast host.
+        old_jobs = [client.submit(drill_texts(OLD_BUILD_JOB_TEXTS)) for _ in range(2)]
         upgraded = fleet.add_node(env={"EMBED_MODEL_DIR": str(fp32_artifact)})
         in_flight = sum(not job.status().state.finished for job in old_jobs)
         new_texts = [drill_texts(500) for _ in range(2)]
