@@ -75,7 +75,7 @@ class AsyncEmbeddingClient:
             cast(Any, self.redis), self.settings.cache_ttl_s, self.settings.fetch_batch_size
         )
         self.celery = make_celery(self.settings, main="producer")
-        self.entries = QueueEntries(self.celery) if QueueEntries.serve(self.settings) else None
+        self.entries = QueueEntries(self.celery) if QueueEntries.usable(self.settings) else None
         self._submit_script = self.redis.register_script(load_lua(SUBMIT_SCRIPT))
         self._end = self.redis.register_script(load_lua("end_job"))
         self._waiter = AsyncWaiterChannel(

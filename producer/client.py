@@ -58,7 +58,7 @@ class EmbeddingClient:
         self.ledger = JobLedger(self.redis)
         self.registry = FleetRegistry(self.redis, self.settings.heartbeat_ttl_s)
         self.celery = make_celery(self.settings, main="producer")
-        self.entries = QueueEntries(self.celery) if QueueEntries.serve(self.settings) else None
+        self.entries = QueueEntries(self.celery) if QueueEntries.usable(self.settings) else None
         self._submit_script = self.redis.register_script(load_lua(SUBMIT_SCRIPT))
         self._builds: tuple[float, list[BuildAdvert]] = (0.0, [])
         self._threads = threading.local()

@@ -55,7 +55,7 @@ class QueueEntries:
         self._lock = threading.Lock()
 
     @staticmethod
-    def serve(settings: FleetSettings) -> bool:
+    def usable(settings: FleetSettings) -> bool:
         """Only where the broker is the very Redis (and database) that stores the jobs."""
         return settings.broker_url == settings.cache_url and settings.broker_url.startswith(REDIS_SCHEMES)
 

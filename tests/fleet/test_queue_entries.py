@@ -32,7 +32,7 @@ def _comparable(entry: bytes) -> dict[str, Any]:
 
 def test_a_chunk_entry_is_the_one_celerys_send_task_pushes(broker_server: RedisServer) -> None:
     settings = FleetSettings(broker_url=broker_server.url, cache_url=broker_server.url)
-    assert QueueEntries.serve(settings)
+    assert QueueEntries.usable(settings)
     with EmbeddingClient(settings) as client:
         assert client.entries is not None
         ref = ChunkRef("f" * 32, 3, 7)
@@ -50,8 +50,8 @@ def test_clients_apart_from_the_broker_publish_through_celery() -> None:
     apart = FleetSettings(broker_url="redis://broker:6379/0", cache_url="redis://cache:6379/0")
     other_db = FleetSettings(broker_url="redis://one:6379/0", cache_url="redis://one:6379/1")
     rabbit = FleetSettings(broker_url="amqp://guest:guest@rabbit:5672//", cache_url="redis://one:6379/0")
-    assert not any(QueueEntries.serve(settings) for settings in (apart, other_db, rabbit))
-    assert QueueEntries.serve(FleetSettings(broker_url="redis://one:6379/0"))  # the cache defaults to it
+    assert not any(QueueEntries.usable(settings) for settings in (apart, other_db, rabbit))
+    assert QueueEntries.usable(FleetSettings(broker_url="redis://one:6379/0"))  # the cache defaults to it
 
 
 def test_on_one_redis_jobs_run_without_a_single_celery_publish(
