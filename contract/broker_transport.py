@@ -1,5 +1,5 @@
 """kombu's Redis transport as the fleet runs it: guarded against queue entries that are not kombu
-messages, and one client object per channel.
+messages and against a channel closing after its transport, and one client object per channel.
 
 A Redis list takes anything LPUSHed to it: a buggy producer, or anyone allowed to enqueue, can put
 text that is not a kombu message in a lane. kombu's consumer raises on such an entry, Celery takes
@@ -39,6 +39,19 @@ class GuardedChannel(kombu_redis.Channel):
         if self._sync_client is None or self._sync_client.connection_pool is not pool:
             self._sync_client = self._create_client()
         yield self._sync_client
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        """A connection error, not AttributeError, where the transport was closed under the channel.
+
+        After a lost connection (a Redis restart) a channel may close after its transport did, with
+        deliveries still unacked; kombu then reads the closed transport's settings and raises
+        AttributeError (kombu #582, #970), which Celery's consumer takes for an unrecoverable error:
+        the worker's main process exited. A connection error is what kombu ignores while closing,
+        and the consumer connects again. (The unacked deliveries come back by the visibility timeout.)
+        """
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection was closed under this channel")
+        return dict(super()._connparams(asynchronous=asynchronous))
 
     def _disconnect_pools(self) -> None:
         self._sync_client = None  # it holds the old pool; the next call builds one on the new pool

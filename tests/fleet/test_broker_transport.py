@@ -34,3 +34,18 @@ def test_a_channel_keeps_one_client_and_builds_a_new_one_on_a_new_pool(connectio
         assert fresh.ping()
     with channel.conn_or_acquire(client=first) as given:
         assert given is first
+
+
+def test_a_channel_closed_after_its_transport_still_closes_without_an_attribute_error(
+    connection: Connection,
+) -> None:
+    """A Redis restart can close the transport under a channel that holds unacked deliveries; kombu
+    then raised AttributeError ('NoneType' has no 'hostname', kombu #582 and #970) from the
+    channel's close, which Celery's consumer takes for an unrecoverable error: the worker died."""
+    queue = connection.SimpleQueue("test.transport.closed-under")
+    queue.put({"n": 1})
+    channel = queue.channel
+    assert channel.basic_get(queue.queue.name, no_ack=False) is not None  # delivered, not acked
+    channel._disconnect_pools()  # what a lost connection does
+    connection.transport.client = None  # what a close of the transport leaves behind
+    connection.maybe_close_channel(channel)  # connection errors are ignored; AttributeError was not
