@@ -56,7 +56,7 @@ class VectorCache:
         self, fingerprint: str, digests: Sequence[str], vectors: Matrix, truncated: Sequence[bool]
     ) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        self.queue_write(pipe, fingerprint, digests, vectors, truncated)
+        self.queue_write(pipe, fingerprint, digests, [encode_vector(vector) for vector in vectors], truncated)
         pipe.execute()
 
     def queue_write(
@@ -64,16 +64,17 @@ class VectorCache:
         pipe: Pipeline,
         fingerprint: str,
         digests: Sequence[str],
-        vectors: Matrix,
+        encoded: Sequence[bytes],
         truncated: Sequence[bool],
     ) -> None:
-        """store_vectors.lua per batch of keys: the same bytes each time, so a chunk may run twice."""
+        """store_vectors.lua per batch of keys: the same bytes each time, so a chunk may run twice.
+
+        `encoded`: the vectors as contract.codec encodes them (the caller may announce them too)."""
         script = load_lua("store_vectors")
         for start in range(0, len(digests), self.fetch_batch_size):
             batch = digests[start : start + self.fetch_batch_size]
             names = [keys.vector_key(fingerprint, digest) for digest in batch]
-            values = [encode_vector(vector) for vector in vectors[start : start + self.fetch_batch_size]]
-            pipe.eval(script, len(names), *names, self.ttl_s, *values)
+            pipe.eval(script, len(names), *names, self.ttl_s, *encoded[start : start + self.fetch_batch_size])
         cut = [digest for digest, flag in zip(digests, truncated, strict=True) if flag]
         if cut:
             pipe.sadd(keys.truncated_set_key(fingerprint), *cut)

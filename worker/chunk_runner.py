@@ -241,9 +241,10 @@ class ChunkRunner:
         if missing:
             metrics.BATCH_TEXTS.observe(len(missing))
             result = engine.embed([texts[digest] for digest in missing], self.before_each_run)
-            cache.queue_write(pipe, engine.fingerprint, missing, result.vectors, result.truncated)
+            encoded = [encode_vector(vector) for vector in result.vectors]
+            cache.queue_write(pipe, engine.fingerprint, missing, encoded, result.truncated)
             truncated.update(zip(missing, result.truncated, strict=True))
-            computed = dict(zip(missing, map(encode_vector, result.vectors), strict=True))
+            computed = dict(zip(missing, encoded, strict=True))
         for chunk in chunks:
             outcome = chunk_outcome(chunk.payload, [truncated[d] for d in chunk.digests], {})
             self.runtime.ledger.queue_complete(pipe, chunk.ref, outcome, _carried(chunk, computed))
