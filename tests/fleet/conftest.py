@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -46,6 +47,19 @@ def cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@contextmanager
+def _running_fleet(
+    tmp_path_factory: pytest.TempPathFactory, name: str, artifact: Path, env: dict[str, str]
+) -> Iterator[LocalFleet]:
+    """Two prefork processes of the test settings plus `env`, stopped after use."""
+    settings, fleet_environment = fleet_env({**TEST_ENV, "EMBED_MODEL_DIR": str(artifact), **env})
+    log = tmp_path_factory.mktemp(name) / "worker.log"
+    with LocalFleet(
+        settings, fleet_environment, log
+    ) as fleet:  # entered first: a failed start still stops it
+        yield fleet.start()
+
+
 @pytest.fixture(scope="session")
 def fleet(
     broker_server: RedisServer,
@@ -53,35 +67,20 @@ def fleet(
     static_artifact: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LocalFleet]:
-    """Two prefork processes; broker and cache on two Redis servers, as production may have them."""
-    settings, env = fleet_env(
-        {
-            **TEST_ENV,
-            "EMBED_BROKER_URL": broker_server.url,
-            "EMBED_CACHE_URL": cache_server.url,
-            "EMBED_MODEL_DIR": str(static_artifact),
-        }
-    )
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with LocalFleet(settings, env, log) as fleet:  # entered first: a failed start still stops the worker
-        yield fleet.start()
+    """Broker and cache on two Redis servers, as production may have them."""
+    urls = {"EMBED_BROKER_URL": broker_server.url, "EMBED_CACHE_URL": cache_server.url}
+    with _running_fleet(tmp_path_factory, "worker", static_artifact, urls) as fleet:
+        yield fleet
 
 
 @pytest.fixture(scope="session")
 def one_redis_fleet(static_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
-    """Broker and cache on one Redis, as by default: clients queue chunk messages in the job's MULTI."""
+    """Broker and cache on one Redis, as by default: clients store chunk messages with their job."""
     server = start_redis(tmp_path_factory.mktemp("one-redis"))
-    settings, env = fleet_env(
-        {
-            **TEST_ENV,
-            "EMBED_BROKER_URL": server.url,
-            "EMBED_CACHE_URL": server.url,
-            "EMBED_MODEL_DIR": str(static_artifact),
-        }
-    )
+    urls = {"EMBED_BROKER_URL": server.url, "EMBED_CACHE_URL": server.url}
     try:
-        with LocalFleet(settings, env, tmp_path_factory.mktemp("one-redis") / "worker.log") as fleet:
-            yield fleet.start()
+        with _running_fleet(tmp_path_factory, "one-redis-worker", static_artifact, urls) as fleet:
+            yield fleet
     finally:
         server.stop()
 
@@ -96,17 +95,13 @@ def rabbit_fleet(
             connection.connect()
     except OSError as exc:
         pytest.fail(f"no RabbitMQ at {RABBITMQ_URL} ({exc}): start it, or set EMBED_TEST_RABBITMQ_URL")
-    settings, env = fleet_env(
-        {
-            **TEST_ENV,
-            "EMBED_BROKER_URL": RABBITMQ_URL,
-            "EMBED_CACHE_URL": cache_server.url,
-            "EMBED_MODEL_DIR": str(static_artifact),
-            "EMBED_MODEL_NAME": f"minilm-rabbit-{uuid.uuid4().hex[:8]}",
-        }
-    )
-    with LocalFleet(settings, env, tmp_path_factory.mktemp("rabbit") / "worker.log") as fleet:
-        yield fleet.start()
+    env = {
+        "EMBED_BROKER_URL": RABBITMQ_URL,
+        "EMBED_CACHE_URL": cache_server.url,
+        "EMBED_MODEL_NAME": f"minilm-rabbit-{uuid.uuid4().hex[:8]}",
+    }
+    with _running_fleet(tmp_path_factory, "rabbit", static_artifact, env) as fleet:
+        yield fleet
 
 
 @pytest.fixture
