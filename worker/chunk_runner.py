@@ -186,18 +186,23 @@ class ChunkRunner:
         return ReadyChunk(ref, payload, digests, claim.failures, claim.poison, whole_job)
 
     def _inspect(self, chunks: list[ReadyChunk]) -> list[ReadyChunk]:
-        """One round trip: the job's digest at every position, and what the cache holds of each text."""
+        """One round trip: the job's digest at every position, and what the cache holds of each text
+        (one look for the texts of every chunk together)."""
+        if not chunks:
+            return chunks
         cache, fingerprint = self.runtime.cache, self.runtime.engine.fingerprint
+        digests = [digest for chunk in chunks for digest in chunk.digests]
         pipe = self.runtime.redis.pipeline(transaction=False)
         for chunk in chunks:
             queue_job_digests(pipe, chunk.ref.job_id, chunk.positions())
-            cache.queue_look(pipe, fingerprint, chunk.digests)
-        replies = pipe.execute() if chunks else []
+        cache.queue_look(pipe, fingerprint, digests)
+        replies = pipe.execute()
+        cached, cut = cache.read_look(replies[len(chunks) :], len(digests))
         start = 0
-        for chunk in chunks:
-            end = start + 1 + cache.look_replies(len(chunk.digests))
-            chunk.stored = dict(zip(chunk.positions(), replies[start], strict=True))
-            chunk.cached, chunk.cut = cache.read_look(replies[start:end], len(chunk.digests))
+        for chunk, stored in zip(chunks, replies, strict=False):
+            end = start + len(chunk.digests)
+            chunk.stored = dict(zip(chunk.positions(), stored, strict=True))
+            chunk.cached, chunk.cut = cached[start:end], cut[start:end]
             start = end
         return chunks
 

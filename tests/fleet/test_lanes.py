@@ -66,3 +66,33 @@ def test_small_chunks_run_together_yet_count_one_by_one(any_fleet: LocalFleet) -
     )
     carried = [int(n) for n in re.findall(r"chunks \((\d+) carried\)", any_fleet.worker.log_text())]
     assert carried and max(carried) > 1
+
+
+def test_gathered_chunks_keep_each_texts_cache_and_cut_flags(any_fleet: LocalFleet) -> None:
+    """Small jobs that mix cached, new and cut texts run gathered (one cache look for the batch):
+    every job still ends with all its rows and exactly its own count of cut texts."""
+    cut_cached, cut_new = (f"{unique_texts(1)[0]} " + "embedding " * 600 for _ in range(2))
+    cached = unique_texts(8)
+    fresh = unique_texts(48)
+    with any_fleet.client() as client:
+        client.embed([*cached, cut_cached], timeout=JOB_TIMEOUT_S)
+        batches = [
+            [
+                fresh[i],
+                cached[i % len(cached)],
+                *([cut_cached] if i % 3 == 0 else []),
+                *([cut_new] * (i % 4 == 1)),
+            ]
+            for i in range(len(fresh))
+        ]
+        backlog = client.submit(unique_texts(2_000))  # both processes busy: the small jobs wait, and gather
+        jobs = [client.submit(texts) for texts in batches]
+        records = [job.wait(timeout=JOB_TIMEOUT_S) for job in jobs]
+        rows = [job.result() for job in jobs]
+        backlog.wait(timeout=JOB_TIMEOUT_S)
+    for texts, record, vectors in zip(batches, records, rows, strict=True):
+        cut = sum(text in (cut_cached, cut_new) for text in texts)
+        assert (record.state.value, record.done, record.truncated) == ("done", len(texts), cut)
+        assert vectors.shape == (len(texts), 384)
+    carried = [int(n) for n in re.findall(r"chunks \((\d+) carried\)", any_fleet.worker.log_text())]
+    assert carried and max(carried) > 1
