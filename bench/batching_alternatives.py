@@ -66,7 +66,7 @@ from celery import Celery
 from celery.signals import celeryd_init, task_revoked, worker_process_init, worker_shutdown
 from celery_batches import Batches, SimpleRequest
 from fleet import ROOT, bench_sentences, cpu_model, publish, start_bench_fleet
-from load import MS, Phase, TextSource, bulk_alone, render, run_clients
+from load import MS, Phase, TextSource, bulk_alone, mean_rate, render, run_clients
 
 from contract import broker_transport
 from contract.celery_config import celery_config
@@ -292,7 +292,7 @@ def report(args: argparse.Namespace, bulk: Phase, fleet: list[Phase], batches: l
         f"thread, 1-text jobs back to back, every text new; {args.seconds:g} s a row; celery "
         f"{version('celery')}, celery-batches {version('celery-batches')}; {when}"
     )
-    return f"{header}\n\n{render(rows)}\n"
+    return f"{header}\n\n{render(rows, mean_rate(rows[:1]))}\n"
 
 
 def main() -> None:

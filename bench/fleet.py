@@ -27,7 +27,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from contract import keys
-from contract.jobs import JobRecord
+from contract.jobs import JobRecord, JobState
 from contract.settings import FleetSettings
 from localfleet.fleet import LocalFleet, fleet_env
 from localfleet.redis_server import start_redis
@@ -239,8 +239,13 @@ def fleet_rows(texts: list[str], model_dir: Path, chunk_sizes: list[int], workdi
     return rows
 
 
-def bulk_job(client: EmbeddingClient, texts: list[str]) -> JobRecord:
-    return client.submit(texts, priority="bulk").wait()
+def cold_bulk_job(client: EmbeddingClient, texts: list[str]) -> JobRecord:
+    """One bulk job of texts the cache lacks, waited for. A job that ended another way, or found
+    its texts cached, stops the bench: its timing would mean nothing."""
+    record = client.submit(texts, priority="bulk").wait()
+    if record.state is not JobState.DONE or record.done != len(texts) or not record.chunks:
+        raise SystemExit(f"the bulk job was not a cold run of {len(texts)} texts: {record}")
+    return record
 
 
 def paired_rounds(
@@ -256,7 +261,7 @@ def paired_rounds(
             for size, client in clients.items():
                 split = split_engine_row(texts, model_dir)
                 drop_vectors(fleet, client.build().fingerprint)
-                cpu, cold = FleetCpu.around(fleet, partial(bulk_job, client, texts))
+                cpu, cold = FleetCpu.around(fleet, partial(cold_bulk_job, client, texts))
                 note = (
                     f"{cpu.children_s / (cold * PROCESSES):.0%} | {cpu.main_s:.2f} s | {cpu.client_s:.2f} s"
                 )
