@@ -5,10 +5,10 @@
 
 Every phase runs on the same fleet in one sitting (private redis-server, `celery -A worker
 worker`, 2 prefork processes x 1 thread): the bulk job alone, first and again last (shares are of
-the mean of the two); N client threads each sending
-1-text jobs (and a 1/4/16 mix) back to back, latency from submit to vectors in hand; one 1-text
-job behind a 10,000-text backlog; a 50,000-text bulk job with interactive requests beside it.
-Every text is new (nothing is served from the cache).
+the mean of the two); N client threads each sending 1-text jobs (and a 1/4/16 mix) back to back,
+latency from submit to vectors in hand; one 1-text job behind a 10,000-text backlog; a
+50,000-text bulk job with interactive requests beside it. Every text is new (nothing is served
+from the cache).
 """
 
 from __future__ import annotations
