@@ -5,7 +5,8 @@
 Starts the load test's fleet (private redis-server, 2 prefork processes x 1 thread). First one
 client sends 1-text `embed()` calls back to back on an idle fleet: its thread's CPU time per call.
 Then `--clients` threads, each with its own client, do the same for `--seconds`: the CPU time of
-each process (read from /proc) over the jobs done, and the chunks each task carried (worker log).
+each process (read from /proc) over the jobs done, and the chunks each Celery task ran (its own
+batch and those it drained after it, from the worker log).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from localfleet.fleet import LocalFleet
 TICKS = os.sysconf("SC_CLK_TCK")
 WARM_CALLS = 100
 ALONE_CALLS = 2_000
-TASK_DONE = re.compile(r"succeeded in [0-9.]+s: '(\d+) chunk")
+# A task's own batch ("10 chunks (9 carried): ..."), then what it drained ("; then served 30 waiting chunks").
+TASK_DONE = re.compile(r"succeeded in [0-9.]+s: '(\d+) chunk[^'\n]*?(?:then served (\d+) waiting chunks)?'")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,7 +95,8 @@ def main() -> None:
             before = by_process(fleet, redis)
             phase = run_clients(fleet, source, args.clients, args.seconds, (1,))
             after = by_process(fleet, redis)
-            sizes = [int(n) for n in TASK_DONE.findall(fleet.worker.log_text())[tasks_before:]]
+            done = TASK_DONE.findall(fleet.worker.log_text())[tasks_before:]
+            sizes = [int(own) + int(drained or 0) for own, drained in done]
             per_job = {name: (after[name] - before[name]) / phase.jobs * 1e3 for name in before}
             cells = " | ".join(
                 f"{per_job[name]:.2f} ms"

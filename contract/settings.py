@@ -61,6 +61,14 @@ class FleetSettings(BaseSettings):
         ge=0,
         description="texts of waiting interactive chunks a bulk task runs before each engine run (0 = none)",
     )
+    interactive_drain_s: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "seconds an interactive task goes on serving the chunks waiting on its queue after its "
+            "own, batch after batch, without a round through Celery for each (0 = none)"
+        ),
+    )
     coalesce_max_texts: int = Field(
         64, ge=0, description="texts of concurrent embed() calls one client sends as one job (0 = never)"
     )
@@ -146,6 +154,15 @@ class FleetSettings(BaseSettings):
             raise ValueError(
                 f"EMBED_HEARTBEAT_TTL_S ({self.heartbeat_ttl_s}) must be at least twice "
                 f"EMBED_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}), or live workers look gone"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _drain_within_time_limit(self) -> FleetSettings:
+        if self.interactive_drain_s * 2 > self.task_time_limit_s:
+            raise ValueError(
+                f"EMBED_INTERACTIVE_DRAIN_S ({self.interactive_drain_s}) must be at most half of "
+                f"EMBED_TASK_TIME_LIMIT_S ({self.task_time_limit_s}), or a draining task meets its time limit"
             )
         return self
 

@@ -106,7 +106,7 @@ class ChunkRunner:
     runtime: ProcessRuntime
     node: str
     republish: Republish | None = None
-    before_each_run: Callable[[], None] | None = None
+    before_each_run: Callable[[], object] | None = None
 
     def run(self, ref: ChunkRef, carried: Sequence[ChunkRef] = (), note: CarriedNote | None = None) -> str:
         """Run the task's chunk and the chunks it carried; raise only for the task's own chunk.

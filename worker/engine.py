@@ -116,7 +116,7 @@ class SentenceEncoder:
         tokens = self.tokenizer.pad(self.tokenizer.encode([_text_of(length)] * size)[0])
         return lambda: self._run(tokens)
 
-    def embed(self, texts: Sequence[str], before_each_run: Callable[[], None] | None = None) -> EmbedResult:
+    def embed(self, texts: Sequence[str], before_each_run: Callable[[], object] | None = None) -> EmbedResult:
         """`before_each_run` lets a long call yield to more urgent work between its engine runs."""
         vectors = np.zeros((len(texts), self.dims), dtype=np.float32)
         if not texts:

@@ -1,4 +1,5 @@
-"""Serving waiting interactive chunks between the engine runs of a bulk chunk.
+"""Serving waiting interactive chunks between the engine runs of a bulk chunk, and after an
+interactive task's own.
 
 Every worker consumes interactive first, but a process takes its next message only when its task
 ends: while every process runs a bulk chunk (512 texts, about 550 ms on one thread), a search query
@@ -8,7 +9,13 @@ at once (up to EMBED_INTERJECT_MAX_TEXTS texts): the query waits for one engine 
 EMBED_MAX_BATCH_SIZE texts) instead of a whole chunk, and bulk chunks keep the size that runs them
 at full speed.
 
-The taken chunks are protected as carried ones are: noted under the bulk task's id while they run,
+An interactive task, once its own batch is counted, goes on the same way (`drain`): it takes the
+chunks that queued meanwhile and runs them, batch after batch, for up to
+EMBED_INTERACTIVE_DRAIN_S. Under load that spares each batch a round through Celery (the result to
+the main process, the ack, the next message fetched and handed over): 2-5 ms of the process
+waiting and about 1 ms of the main process's CPU per batch.
+
+The taken chunks are protected as carried ones are: noted under the task's id while they run,
 so if the process dies the main process counts a failure for each and publishes it again.
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import redis
@@ -29,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InteractiveInterjection:
-    """Called before each engine run of a bulk chunk; never fails the bulk chunk for its own errors."""
+    """Called before each engine run of a bulk chunk (or drained after an interactive task's own
+    batch); never fails the task's own chunk for its own errors."""
 
     gatherer: QueueGatherer
     runner: ChunkRunner  # publishes a chunk to retry to `queue`
@@ -38,23 +47,34 @@ class InteractiveInterjection:
     max_texts: int
     served: int = 0
 
-    def __call__(self) -> None:
+    def __call__(self) -> bool:
+        """Serve the chunks waiting now (up to `max_texts` texts); False where none were served."""
         taken = self.gatherer.take_waiting(self.queue, self.max_texts)
         if not taken:
-            return
+            return False
         note = self.gatherer.note(self.task_id, self.queue, taken)
         try:
             self.runner.serve(taken, note)
             self.served += len(taken)
+            return True
         except redis.RedisError:
             self._send_back(taken)
             raise
         except Exception:
-            log.exception("interactive chunks taken between bulk runs go back to their queue")
+            log.exception("waiting interactive chunks that were taken go back to their queue")
             self._send_back(taken)
+            return False
         finally:
             with contextlib.suppress(redis.RedisError):
                 note.forget()
+
+    def drain(self, seconds: float) -> int:
+        """Serve waiting chunks batch after batch until none wait or `seconds` have passed; how many."""
+        deadline = time.monotonic() + seconds
+        served = self.served
+        while time.monotonic() < deadline and self():
+            pass
+        return self.served - served
 
     def _send_back(self, taken: list[ChunkRef]) -> None:
         """Counted chunks are skipped when claimed, so sending one again is always safe."""

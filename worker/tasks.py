@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 from celery import Task
@@ -21,6 +23,9 @@ from contract.lanes import Lane, lane_of, sibling_queue
 from worker.app import app
 from worker.chunk_runner import ChunkRunner, RetryableChunkError
 from worker.interjection import InteractiveInterjection
+
+if TYPE_CHECKING:  # Flower imports this module without the model runtime
+    from worker.gathering import CarriedNote
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +39,20 @@ def embed_chunk(self: Task, **fields: object) -> str:
         return "refused: names no chunk"
     from worker.runtime import open_runtime  # not at import: Flower loads this module without ONNX Runtime
 
-    runtime = open_runtime()
     queue = str((self.request.delivery_info or {}).get("routing_key") or "")
-    carried: list[ChunkRef] = []
-    note = None
 
     def republish(chunk: ChunkRef) -> None:
         send_chunk(app, chunk, queue)
 
-    runner = ChunkRunner(runtime, node=self.request.hostname or "", republish=republish)
-    interjection = _interjection(runner, queue, self.request.id)
+    runner = ChunkRunner(open_runtime(), node=self.request.hostname or "", republish=republish)
+    carried = _Carried()
     try:
-        if lane_of(queue) is Lane.INTERACTIVE:
-            carried = runtime.gatherer.take(queue, ref.texts)
-        if carried:
-            note = runtime.gatherer.note(self.request.id, queue, carried)
-        result = runner.run(ref, carried, note)
-        if interjection is not None and interjection.served:
-            result += f"; served {interjection.served} waiting interactive chunks between its runs"
-        return result
+        return _run(runner, ref, queue, self.request.id, carried)
     except redis.RedisError as exc:
         log.warning(
             "chunk %s of job %s goes back to the queue: Redis unavailable (%s)", ref.chunk, ref.job_id, exc
         )
-        for chunk in carried:  # they left the queue with this task: send them back too
+        for chunk in carried.chunks:  # they left the queue with this task: send them back too
             with contextlib.suppress(Exception):
                 republish(chunk)
         raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
@@ -65,9 +60,39 @@ def embed_chunk(self: Task, **fields: object) -> str:
         log.warning("%s; retrying", exc)
         raise _retry(self, exc) from exc
     finally:
-        if note is not None:
+        carried.forget()
+
+
+@dataclass
+class _Carried:
+    """The waiting chunks a task took along with its own (worker.gathering), and their note."""
+
+    chunks: list[ChunkRef] = field(default_factory=list)
+    note: CarriedNote | None = None
+
+    def forget(self) -> None:
+        if self.note is not None:
             with contextlib.suppress(redis.RedisError):
-                note.forget()
+                self.note.forget()
+
+
+def _run(runner: ChunkRunner, ref: ChunkRef, queue: str, task_id: str, carried: _Carried) -> str:
+    """The task's chunk with those it carries; on the bulk lane waiting interactive chunks between its
+    engine runs, on the interactive lane those that queued meanwhile, after it."""
+    runtime = runner.runtime
+    interjection = _interjection(runner, queue, task_id)
+    interactive = lane_of(queue) is Lane.INTERACTIVE
+    if interactive:
+        carried.chunks = runtime.gatherer.take(queue, ref.texts)
+    if carried.chunks:
+        carried.note = runtime.gatherer.note(task_id, queue, carried.chunks)
+    result = runner.run(ref, carried.chunks, carried.note)
+    if interjection is not None and interjection.served:
+        result += f"; served {interjection.served} waiting interactive chunks between its runs"
+    if interactive and runtime.settings.interactive_drain_s:
+        carried.forget()  # they are counted; the drain notes what it takes under the same task id
+        result += _drain(runner, queue, task_id)
+    return result
 
 
 def _interjection(bulk_runner: ChunkRunner, queue: str, task_id: str) -> InteractiveInterjection | None:
@@ -84,6 +109,16 @@ def _interjection(bulk_runner: ChunkRunner, queue: str, task_id: str) -> Interac
     )
     bulk_runner.before_each_run = interjection
     return interjection
+
+
+def _drain(runner: ChunkRunner, queue: str, task_id: str) -> str:
+    """After an interactive task's own batch: serve what queued meanwhile (worker.interjection)."""
+    settings = runner.runtime.settings
+    drain = InteractiveInterjection(
+        runner.runtime.gatherer, runner, queue, task_id, settings.gather_max_texts
+    )
+    served = drain.drain(settings.interactive_drain_s)
+    return f"; then served {served} waiting chunks" if served else ""
 
 
 def _retry(task: Task, exc: Exception) -> Exception:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
+from pathlib import Path
 
 import pytest
 
 from contract import keys
-from localfleet.fleet import LocalFleet
+from localfleet.fleet import LocalFleet, fleet_env
 from producer import EmbeddingClient
 from tests.fleet.test_jobs import JOB_TIMEOUT_S, unique_texts, wait_for
 
@@ -96,3 +98,29 @@ def test_gathered_chunks_keep_each_texts_cache_and_cut_flags(any_fleet: LocalFle
         assert vectors.shape == (len(texts), 384)
     carried = [int(n) for n in re.findall(r"chunks \((\d+) carried\)", any_fleet.worker.log_text())]
     assert carried and max(carried) > 1
+
+
+def test_an_interactive_task_drains_what_queued_behind_it(fleet: LocalFleet, tmp_path: Path) -> None:
+    """One process, busy with a bulk chunk while 1-text jobs queue; gathering takes no more than the
+    task's own text here, so the first interactive task runs its own, then the waiting ones one batch
+    each without a round through Celery, and every job still counts exactly."""
+    settings, env = fleet_env(
+        {
+            **fleet.env,
+            "EMBED_MODEL_NAME": f"drain-{uuid.uuid4().hex[:8]}",  # queues of its own
+            "EMBED_WORKER_CONCURRENCY": "1",
+            "EMBED_CHUNK_SIZE": "512",
+            "EMBED_GATHER_MAX_TEXTS": "1",
+            "EMBED_INTERJECT_MAX_TEXTS": "0",
+        }
+    )
+    with LocalFleet(settings, env, tmp_path / "worker.log") as single, single.start().client() as client:
+        bulk = client.submit(unique_texts(1_024), priority="bulk")
+        wait_for(lambda: client.redis.hlen(keys.job_leases_key(bulk.id)) >= 1, JOB_TIMEOUT_S)
+        jobs = [client.submit(unique_texts(1)) for _ in range(12)]
+        records = [job.wait(timeout=JOB_TIMEOUT_S) for job in jobs]
+        assert bulk.wait(timeout=JOB_TIMEOUT_S).state.value == "done"
+        log = single.worker.log_text()
+    assert all((r.state.value, r.done, r.counted) == ("done", 1, 1) for r in records)
+    drained = [int(n) for n in re.findall(r"then served (\d+) waiting chunks", log)]
+    assert drained and sum(drained) >= len(jobs) // 2, log[-2_000:]

@@ -93,3 +93,9 @@ def test_celery_config_refuses_pickle_and_a_short_visibility_timeout() -> None:
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
         celery_config(FleetSettings(visibility_timeout_s=100, task_time_limit_s=300))
+
+
+def test_a_drain_longer_than_half_the_time_limit_is_refused() -> None:
+    assert FleetSettings(interactive_drain_s=150, task_time_limit_s=300).interactive_drain_s == 150
+    with pytest.raises(ValueError, match="EMBED_INTERACTIVE_DRAIN_S"):
+        FleetSettings(interactive_drain_s=151, task_time_limit_s=300)
