@@ -29,8 +29,11 @@ from localfleet.fleet import LocalFleet
 TICKS = os.sysconf("SC_CLK_TCK")
 WARM_CALLS = 100
 ALONE_CALLS = 2_000
-# A task's own batch ("10 chunks (9 carried): ..."), then what it drained ("; then served 30 waiting chunks").
-TASK_DONE = re.compile(r"succeeded in [0-9.]+s: '(\d+) chunk[^'\n]*?(?:then served (\d+) waiting chunks)?'")
+# A task's own batch ("10 chunks (9 carried): ..."), then what it drained ("; then served 30 waiting
+# chunks in 3 batches").
+TASK_DONE = re.compile(
+    r"succeeded in [0-9.]+s: '(\d+) chunk[^'\n]*?(?:then served (\d+) waiting chunks[^']*)?'"
+)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -46,6 +46,7 @@ class InteractiveInterjection:
     task_id: str
     max_texts: int
     served: int = 0
+    batches: int = 0
 
     def __call__(self) -> bool:
         """Serve the chunks waiting now (up to `max_texts` texts); False where none were served."""
@@ -56,6 +57,7 @@ class InteractiveInterjection:
         try:
             self.runner.serve(taken, note)
             self.served += len(taken)
+            self.batches += 1
             return True
         except redis.RedisError:
             self._send_back(taken)
@@ -68,13 +70,11 @@ class InteractiveInterjection:
             with contextlib.suppress(redis.RedisError):
                 note.forget()
 
-    def drain(self, seconds: float) -> int:
-        """Serve waiting chunks batch after batch until none wait or `seconds` have passed; how many."""
+    def drain(self, seconds: float) -> None:
+        """Serve waiting chunks batch after batch until none wait or `seconds` have passed."""
         deadline = time.monotonic() + seconds
-        served = self.served
         while time.monotonic() < deadline and self():
             pass
-        return self.served - served
 
     def _send_back(self, taken: list[ChunkRef]) -> None:
         """Counted chunks are skipped when claimed, so sending one again is always safe."""

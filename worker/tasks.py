@@ -88,7 +88,8 @@ def _run(runner: ChunkRunner, ref: ChunkRef, queue: str, task_id: str, carried: 
         carried.note = runtime.gatherer.note(task_id, queue, carried.chunks)
     result = runner.run(ref, carried.chunks, carried.note)
     if interjection is not None and interjection.served:
-        result += f"; served {interjection.served} waiting interactive chunks between its runs"
+        served, batches = interjection.served, interjection.batches
+        result += f"; served {served} waiting interactive chunks in {batches} batches between its runs"
     if interactive and runtime.settings.interactive_drain_s:
         carried.forget()  # they are counted; the drain notes what it takes under the same task id
         result += _drain(runner, queue, task_id)
@@ -117,8 +118,8 @@ def _drain(runner: ChunkRunner, queue: str, task_id: str) -> str:
     drain = InteractiveInterjection(
         runner.runtime.gatherer, runner, queue, task_id, settings.gather_max_texts
     )
-    served = drain.drain(settings.interactive_drain_s)
-    return f"; then served {served} waiting chunks" if served else ""
+    drain.drain(settings.interactive_drain_s)
+    return f"; then served {drain.served} waiting chunks in {drain.batches} batches" if drain.served else ""
 
 
 def _retry(task: Task, exc: Exception) -> Exception:
