@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from contract import keys
 from contract.jobs import JobRecord, ended_record
+from contract.redis_connection import as_text
 from producer.job_rules import OUTAGE_BACKOFF_S
 
 if TYPE_CHECKING:
@@ -61,8 +62,10 @@ class JobChannelWatch:
         try:
             while (left := deadline - time.monotonic()) > 0:
                 # Subscribe and unsubscribe confirmations come back as None: keep waiting past them.
+                # So must a message of an earlier wait's channel, published before its unsubscribe
+                # took effect and still buffered on this thread's connection.
                 message = self.pubsub.get_message(timeout=left)
-                if message is not None:
+                if message is not None and as_text(message["channel"]) == self.channel:
                     return ended_record(message["data"])
         except (redis.ConnectionError, redis.TimeoutError):
             self._drop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -64,6 +65,23 @@ def test_a_small_jobs_end_carries_the_vectors_it_computed_and_the_wait_reads_onl
     np.testing.assert_array_equal(vectors[1], reference[0])
     np.testing.assert_array_equal(vectors[0], vectors[2])
     assert client.embed(unique_texts(3), timeout=JOB_TIMEOUT_S).shape == (3, 384) and len(reads) == 1
+
+
+def test_a_wait_takes_no_earlier_jobs_end_left_on_the_threads_connection(client: EmbeddingClient) -> None:
+    """An end announced on a job's channel after its wait stopped listening stays buffered on the
+    thread's pub/sub connection; the thread's next wait, on another job, must not take it for its own."""
+    first = client.submit(unique_texts(2))
+    ended = first.wait(timeout=JOB_TIMEOUT_S)
+    late = client.thread_pubsub()
+    late.subscribe(keys.job_channel(first.id))
+    client.redis.publish(keys.job_channel(first.id), json.dumps(list(sum(ended.to_redis().items(), ()))))
+    late.unsubscribe(keys.job_channel(first.id))  # the announcement is left unread
+
+    second = client.submit(unique_texts(600), priority="bulk")  # still queued when its wait starts
+    record = second.wait(timeout=JOB_TIMEOUT_S)
+
+    assert record.id == second.id and record.total == 600
+    assert second.result().shape == (600, 384)
 
 
 def test_a_cancelled_job_announces_its_ended_record_on_its_channel(client: EmbeddingClient) -> None:
