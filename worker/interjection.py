@@ -10,10 +10,10 @@ EMBED_MAX_BATCH_SIZE texts) instead of a whole chunk, and bulk chunks keep the s
 at full speed.
 
 An interactive task, once its own batch is counted, goes on the same way (`drain`): it takes the
-chunks that queued meanwhile and runs them, batch after batch, for up to
-EMBED_INTERACTIVE_DRAIN_S. Under load that spares each batch a round through Celery (the result to
-the main process, the ack, the next message fetched and handed over): 2-5 ms of the process
-waiting and about 1 ms of the main process's CPU per batch.
+chunks that queued meanwhile and runs them, batch after batch (up to EMBED_GATHER_MAX_TEXTS texts
+each), for up to EMBED_INTERACTIVE_DRAIN_S. Under load that spares each batch a round through
+Celery (the result to the main process, the ack, the next message fetched and handed over): 2-5
+ms of the process waiting and about 1 ms of the main process's CPU per batch.
 
 The taken chunks are protected as carried ones are: noted under the task's id while they run,
 so if the process dies the main process counts a failure for each and publishes it again.
