@@ -21,12 +21,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fleet import ROOT, bench_sentences, cpu_model, start_bench_fleet
+from fleet import ROOT, bench_sentences, cpu_model, cpu_seconds, start_bench_fleet
 from load import TextSource, run_clients
 
 from localfleet.fleet import LocalFleet
 
-TICKS = os.sysconf("SC_CLK_TCK")
 WARM_CALLS = 100
 ALONE_CALLS = 2_000
 # A task's own batch ("10 chunks (9 carried): ..."), then what it drained ("; then served 30 waiting
@@ -34,11 +33,6 @@ ALONE_CALLS = 2_000
 TASK_DONE = re.compile(
     r"succeeded in [0-9.]+s: '(\d+) chunk[^'\n]*?(?:then served (\d+) waiting chunks[^']*)?'"
 )
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def redis_pid(url: str) -> int:

@@ -39,7 +39,7 @@ class VectorCache:
         if digests:
             pipe.smismember(keys.truncated_set_key(fingerprint), list(digests))
 
-    def look_replies(self, count: int) -> int:
+    def _look_replies(self, count: int) -> int:
         """How many pipeline replies `queue_look` adds for `count` digests."""
         return -(-count // self.fetch_batch_size) + 1 if count else 0
 
@@ -47,7 +47,7 @@ class VectorCache:
         """(exists, truncated) from the last replies of a pipeline that `queue_look` added to."""
         if not count:
             return [], []
-        tail = list(replies[-self.look_replies(count) :])
+        tail = list(replies[-self._look_replies(count) :])
         found = b"".join(as_bytes(flags) for flags in tail[:-1])
         cut = cast(list[object], tail[-1])
         return [flag == ord("1") for flag in found], [bool(flag) for flag in cut]
