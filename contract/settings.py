@@ -85,6 +85,15 @@ class FleetSettings(BaseSettings):
 
     token_budget: int = Field(8_192, gt=0, description="padded tokens per inference batch")
     max_batch_size: int = Field(64, gt=0)
+    max_run_s: float = Field(
+        0.1,
+        ge=0,
+        description=(
+            "seconds one inference run may take: each worker process caps a batch's padded tokens by "
+            "the cost it measures, since a small request waits behind bulk work for one run "
+            "(0 = no cap beyond the token budget)"
+        ),
+    )
     run_overhead_tokens: int | None = Field(
         None,
         ge=0,

@@ -16,7 +16,7 @@ from contract.manifest import TOKENIZER_FILE, Manifest, OrtSession, load_manifes
 from contract.settings import FleetSettings, get_settings
 from worker.batching import TokenBudgetBatcher
 from worker.pooling import l2_normalize, mean_pool
-from worker.run_cost import measure_run_cost
+from worker.run_cost import RunCost, measure_run_cost
 from worker.tokenization import TextTokenizer, TokenBatch, limit_threads
 
 log = logging.getLogger(__name__)
@@ -168,20 +168,35 @@ class EmbeddingEngine(SentenceEncoder):
         )
         super().__init__(*parts, self.manifest.normalize)
         self._measure_overhead = settings.run_overhead_tokens is None
+        self._max_run_s = settings.max_run_s
 
     def warm_up(self) -> None:
-        """Also prices one more run on this host, where EMBED_RUN_OVERHEAD_TOKENS leaves it to us."""
+        """Also prices a run on this host: the price of one more (where EMBED_RUN_OVERHEAD_TOKENS
+        leaves it to us) and how many padded tokens fit in EMBED_MAX_RUN_S."""
         super().warm_up()
+        if not self._measure_overhead and not self._max_run_s:
+            return
+        cost = measure_run_cost(self.probe)
         if self._measure_overhead:
-            cost = measure_run_cost(self.probe)
             self.batcher = replace(self.batcher, run_overhead_tokens=cost.overhead_tokens)
-            log.info(
-                "one engine run costs %.2f ms + %.1f us per padded token: batches are cut where padding "
-                "costs more than %d tokens",
-                cost.fixed_s * 1e3,
-                cost.per_token_s * 1e6,
-                cost.overhead_tokens,
-            )
+        if self._max_run_s:
+            self.batcher = replace(self.batcher, token_budget=self._capped_budget(cost))
+        log.info(
+            "one engine run costs %.2f ms + %.1f us per padded token: batches are cut where padding "
+            "costs more than %d tokens, at most %d padded tokens a run",
+            cost.fixed_s * 1e3,
+            cost.per_token_s * 1e6,
+            self.batcher.run_overhead_tokens,
+            self.batcher.token_budget,
+        )
+
+    def _capped_budget(self, cost: RunCost) -> int:
+        """EMBED_TOKEN_BUDGET, lowered to what a run holds in EMBED_MAX_RUN_S; never below one text
+        at the model's limit, which runs alone whatever it costs."""
+        within = cost.tokens_within(self._max_run_s)
+        if within is None:
+            return self.batcher.token_budget
+        return min(self.batcher.token_budget, max(within, self.tokenizer.max_seq_length))
 
 
 def weights_mismatch(manifest: Manifest, flags: Iterable[str]) -> str | None:

@@ -4,7 +4,9 @@ The fixed cost of a run depends on the CPU and the thread count far more than on
 13 padded tokens at 1 thread on an AMX Xeon, none to speak of at 1 thread on Zen 4, about 90 at
 2 threads there (docs/benchmarks.md). A fixed guess cuts too few batches on one host and too many
 on another, so each worker process times a few synthetic batches after its warm-up and fits
-seconds = fixed + per_token x padded tokens.
+seconds = fixed + per_token x padded tokens. The same fit caps a run's padded tokens
+(EMBED_MAX_RUN_S): a small request waits behind bulk work for one run, and what a run of 64 texts
+costs ranges 7x over the hosts measured (37 us per padded token on an AMX Xeon, 250 on a Zen 3).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class RunCost:
         if self.per_token_s <= 0:
             return 0
         return max(0, round(self.fixed_s / self.per_token_s))
+
+    def tokens_within(self, seconds: float) -> int | None:
+        """Padded tokens one run can hold and take at most `seconds`; None where the fit has no slope."""
+        if self.per_token_s <= 0:
+            return None
+        return max(0, int((seconds - max(self.fixed_s, 0.0)) / self.per_token_s))
 
     @classmethod
     def fit(cls, points: Sequence[tuple[int, float]]) -> RunCost:

@@ -116,3 +116,16 @@ def test_warm_up_prices_a_run_unless_the_setting_does(static_artifact: Path) -> 
     fixed = EmbeddingEngine(static_artifact, FleetSettings(intra_op_threads=1, run_overhead_tokens=64))
     fixed.warm_up()
     assert fixed.batcher.run_overhead_tokens == 64
+
+
+def test_warm_up_caps_a_runs_tokens_by_its_measured_cost_unless_the_setting_is_zero(
+    static_artifact: Path,
+) -> None:
+    uncapped = EmbeddingEngine(static_artifact, FleetSettings(intra_op_threads=1, max_run_s=0))
+    uncapped.warm_up()
+    assert uncapped.batcher.token_budget == FleetSettings().token_budget
+    tight = EmbeddingEngine(static_artifact, FleetSettings(intra_op_threads=1, max_run_s=1e-6))
+    tight.warm_up()
+    assert tight.batcher.token_budget == tight.tokenizer.max_seq_length  # one text at the limit still runs
+    vectors = tight.embed(["a short text", "another one, a little longer than the first"]).vectors
+    assert vectors.shape == (2, tight.dims)

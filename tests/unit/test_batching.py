@@ -53,3 +53,12 @@ def test_a_run_cost_fit_recovers_a_line_and_prices_a_run_in_tokens() -> None:
 def test_a_run_cost_with_no_fixed_part_or_no_slope_prices_a_cut_at_nothing() -> None:
     assert RunCost(fixed_s=-0.001, per_token_s=0.00004).overhead_tokens == 0
     assert RunCost(fixed_s=0.001, per_token_s=0.0).overhead_tokens == 0
+
+
+def test_a_run_cost_says_how_many_padded_tokens_fit_in_a_time() -> None:
+    cost = RunCost(fixed_s=0.002, per_token_s=0.00025)
+    assert cost.tokens_within(0.1) == 392
+    assert cost.tokens_within(0.001) == 0
+    noisy = RunCost(fixed_s=-0.001, per_token_s=0.0001)  # a fit below 0 means no fixed part
+    assert noisy.tokens_within(0.01) == 100
+    assert RunCost(fixed_s=0.001, per_token_s=0.0).tokens_within(0.1) is None
