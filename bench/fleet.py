@@ -26,6 +26,8 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+import redis
+
 from contract import keys
 from contract.jobs import JobRecord, JobState
 from contract.settings import FleetSettings
@@ -192,21 +194,32 @@ class FleetCpu:
     children_s: float
     main_s: float
     client_s: float
+    redis_s: float
 
     @classmethod
-    def around(cls, fleet: LocalFleet, action: Callable[[], object]) -> tuple[FleetCpu, float]:
+    def around(
+        cls, fleet: LocalFleet, server: redis.Redis, action: Callable[[], object]
+    ) -> tuple[FleetCpu, float]:
         node = fleet.worker
         pids = node.children()
         before = [cpu_seconds(pid) for pid in pids], cpu_seconds(node.pid), time.process_time()
+        redis_before = redis_cpu_seconds(server)
         seconds = timed(action)
         return (
             cls(
                 sum(cpu_seconds(pid) for pid in pids) - sum(before[0]),
                 cpu_seconds(node.pid) - before[1],
                 time.process_time() - before[2],
+                redis_cpu_seconds(server) - redis_before,
             ),
             seconds,
         )
+
+
+def redis_cpu_seconds(server: redis.Redis) -> float:
+    """The redis-server's CPU time so far, every thread (INFO cpu)."""
+    cpu = server.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
 
 
 def drop_vectors(fleet: LocalFleet, fingerprint: str) -> None:
@@ -261,9 +274,10 @@ def paired_rounds(
             for size, client in clients.items():
                 split = split_engine_row(texts, model_dir)
                 drop_vectors(fleet, client.build().fingerprint)
-                cpu, cold = FleetCpu.around(fleet, partial(cold_bulk_job, client, texts))
+                cpu, cold = FleetCpu.around(fleet, client.redis, partial(cold_bulk_job, client, texts))
                 note = (
-                    f"{cpu.children_s / (cold * PROCESSES):.0%} | {cpu.main_s:.2f} s | {cpu.client_s:.2f} s"
+                    f"{cpu.children_s / (cold * PROCESSES):.0%} | {cpu.main_s:.2f} s | {cpu.client_s:.2f} s "
+                    f"| {cpu.redis_s:.2f} s | {cold - split.seconds:+.2f} s"
                 )
                 pairs.append((split, Row(f"{size}", cold, len(texts), note)))
     return pairs
@@ -294,8 +308,9 @@ def paired_report(pairs: list[tuple[Row, Row]], count: int) -> str:
         f"CPU: {cpu_model()}; {count:,} texts, one bulk job a round",
         "",
         "| chunk | in-process, 2 processes x 1 thread | fleet | fleet / in-process | pool children busy "
-        "| worker main process CPU | client CPU (submit + wait) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| worker main process CPU | client CPU (submit + wait) | redis-server CPU "
+        "| fleet seconds - in-process seconds |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios: dict[str, list[float]] = {}
     for split, queued in pairs:
