@@ -12,16 +12,14 @@ batch and those it drained after it, from the worker log).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from fleet import ROOT, bench_sentences, cpu_model, cpu_seconds, start_bench_fleet
+from fleet import ROOT, bench_sentences, cpu_model, cpu_seconds, redis_pid, start_bench_fleet
 from load import TextSource, run_clients
 
 from localfleet.fleet import LocalFleet
@@ -33,18 +31,6 @@ ALONE_CALLS = 2_000
 TASK_DONE = re.compile(
     r"succeeded in [0-9.]+s: '(\d+) chunk[^'\n]*?(?:then served (\d+) waiting chunks[^']*)?'"
 )
-
-
-def redis_pid(url: str) -> int:
-    """The private redis-server's process, by the port in its command line."""
-    port = str(urlsplit(url).port)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                if "redis-server" in command and port in command:
-                    return int(entry.name)
-    raise SystemExit(f"no redis-server process serves {url}")
 
 
 def by_process(fleet: LocalFleet, redis: int) -> dict[str, float]:

@@ -19,14 +19,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-
-import redis
+from urllib.parse import urlsplit
 
 from contract import keys
 from contract.jobs import JobRecord, JobState
@@ -197,29 +196,34 @@ class FleetCpu:
     redis_s: float
 
     @classmethod
-    def around(
-        cls, fleet: LocalFleet, server: redis.Redis, action: Callable[[], object]
-    ) -> tuple[FleetCpu, float]:
+    def around(cls, fleet: LocalFleet, action: Callable[[], object]) -> tuple[FleetCpu, float]:
         node = fleet.worker
         pids = node.children()
+        server = redis_pid(fleet.settings.cache_url)
         before = [cpu_seconds(pid) for pid in pids], cpu_seconds(node.pid), time.process_time()
-        redis_before = redis_cpu_seconds(server)
+        server_before = cpu_seconds(server)
         seconds = timed(action)
         return (
             cls(
                 sum(cpu_seconds(pid) for pid in pids) - sum(before[0]),
                 cpu_seconds(node.pid) - before[1],
                 time.process_time() - before[2],
-                redis_cpu_seconds(server) - redis_before,
+                cpu_seconds(server) - server_before,
             ),
             seconds,
         )
 
 
-def redis_cpu_seconds(server: redis.Redis) -> float:
-    """The redis-server's CPU time so far, every thread (INFO cpu)."""
-    cpu = server.info("cpu")
-    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+def redis_pid(url: str) -> int:
+    """The private redis-server's process, by the port in its command line."""
+    port = str(urlsplit(url).port)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "redis-server" in command and port in command:
+                    return int(entry.name)
+    raise SystemExit(f"no redis-server process serves {url}")
 
 
 def drop_vectors(fleet: LocalFleet, fingerprint: str) -> None:
@@ -274,7 +278,7 @@ def paired_rounds(
             for size, client in clients.items():
                 split = split_engine_row(texts, model_dir)
                 drop_vectors(fleet, client.build().fingerprint)
-                cpu, cold = FleetCpu.around(fleet, client.redis, partial(cold_bulk_job, client, texts))
+                cpu, cold = FleetCpu.around(fleet, partial(cold_bulk_job, client, texts))
                 note = (
                     f"{cpu.children_s / (cold * PROCESSES):.0%} | {cpu.main_s:.2f} s | {cpu.client_s:.2f} s "
                     f"| {cpu.redis_s:.2f} s | {cold - split.seconds:+.2f} s"
