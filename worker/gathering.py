@@ -19,6 +19,7 @@ again, as it does for any chunk a dead node held.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -153,7 +154,10 @@ class CarriedNote:
         pipe.delete(keys.carried_key(self.carrier_task_id))
 
     def forget(self) -> None:
-        if not self.forgotten:
+        """Best effort: a note Redis could not drop expires after its TTL."""
+        if self.forgotten:
+            return
+        with contextlib.suppress(redis.RedisError):
             self.cache.delete(keys.carried_key(self.carrier_task_id))
             self.forgotten = True
 

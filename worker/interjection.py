@@ -67,8 +67,7 @@ class InteractiveInterjection:
             self._send_back(taken)
             return False
         finally:
-            with contextlib.suppress(redis.RedisError):
-                note.forget()
+            note.forget()
 
     def drain(self, seconds: float) -> None:
         """Serve waiting chunks batch after batch until none wait or `seconds` have passed."""

@@ -72,8 +72,7 @@ class _Carried:
 
     def forget(self) -> None:
         if self.note is not None:
-            with contextlib.suppress(redis.RedisError):
-                self.note.forget()
+            self.note.forget()
 
 
 def _run(runner: ChunkRunner, ref: ChunkRef, queue: str, task_id: str, carried: _Carried) -> str:
