@@ -35,6 +35,7 @@ from redis.client import Pipeline
 
 from contract import keys
 from contract.jobs import ChunkRef, ref_in, ref_of
+from worker.list_watch import ListWatch
 
 log = logging.getLogger(__name__)
 BROKER_ERRORS = (OSError, KombuError, AMQPError)  # a lost connection, a failed reconnect, a channel error
@@ -44,20 +45,33 @@ class LaneSource(Protocol):
     def take(self, queue: str, budget: int) -> list[ChunkRef]:
         """Waiting chunks of `queue`, oldest first, up to `budget` texts, removed from the broker."""
 
+    def quiet(self, queue: str) -> bool:
+        """`queue` is known to be as empty as the last take left it (without asking the broker)."""
+
 
 class RedisListSource:
-    """kombu's Redis transport: a queue is a list, consumers pop its right end."""
+    """kombu's Redis transport: a queue is a list, consumers pop its right end. With a watch
+    (worker.list_watch), Redis says when a list a take left empty gains entries."""
 
-    def __init__(self, broker: redis.Redis) -> None:
+    def __init__(self, broker: redis.Redis, watch: ListWatch | None = None) -> None:
         self.broker = broker
+        self.watch = watch
+
+    def quiet(self, queue: str) -> bool:
+        return self.watch is not None and self.watch.quiet(queue)
 
     def take(self, queue: str, budget: int) -> list[ChunkRef]:
-        raws = cast(list[bytes], self.broker.rpop(queue, budget) or [])
+        if self.watch is not None:
+            raws = self.watch.pop(queue, budget)
+        else:
+            raws = cast(list[bytes], self.broker.rpop(queue, budget) or [])
         taken: list[ChunkRef] = []
         for index, raw in enumerate(raws):
             ref = ref_of(raw)
             if ref is None or not 0 < ref.texts <= budget:
                 self.broker.rpush(queue, *reversed(raws[index:]))  # back where they were, oldest last
+                if self.watch is not None:
+                    self.watch.stirred(queue)
                 break
             taken.append(ref)
             budget -= ref.texts
@@ -92,6 +106,9 @@ class AmqpSource:
             self.close()
         return taken
 
+    def quiet(self, queue: str) -> bool:
+        return False  # RabbitMQ says nothing of a queue unasked
+
     def close(self) -> None:
         connection, self.connection = self.connection, None
         if connection is not None:
@@ -125,6 +142,10 @@ class QueueGatherer:
         """Waiting small chunks of `queue`, up to `max_texts` texts, removed from it (for a bulk task
         that serves them between its engine runs)."""
         return self._take(queue, max_texts)
+
+    def quiet(self, queue: str) -> bool:
+        """Nothing has come to `queue` since the last take found it empty (known without a round trip)."""
+        return self.source.quiet(queue)
 
     def _take(self, queue: str, budget: int) -> list[ChunkRef]:
         return self.source.take(queue, budget) if budget > 0 else []

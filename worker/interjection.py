@@ -47,9 +47,16 @@ class InteractiveInterjection:
     max_texts: int
     served: int = 0
     batches: int = 0
+    looked: bool = False
 
     def __call__(self) -> bool:
-        """Serve the chunks waiting now (up to `max_texts` texts); False where none were served."""
+        """Serve the chunks waiting now (up to `max_texts` texts); False where none were served.
+
+        The first call always asks the broker; later ones skip the round trip while the queue is
+        known to be still empty (worker.list_watch)."""
+        if self.looked and self.gatherer.quiet(self.queue):
+            return False
+        self.looked = True
         taken = self.gatherer.take_waiting(self.queue, self.max_texts)
         if not taken:
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 
@@ -13,6 +14,7 @@ from contract.settings import FleetSettings, get_settings
 from contract.vector_cache import VectorCache
 from worker.engine import EmbeddingEngine
 from worker.gathering import AmqpSource, LaneSource, QueueGatherer, RedisListSource
+from worker.list_watch import ListWatch
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ def _lane_source(settings: FleetSettings, cache: redis.Redis) -> LaneSource:
     """Where waiting chunks are taken from: the broker's Redis lists, or RabbitMQ's queues."""
     broker = broker_client(settings, cache)
     if broker is not None:
-        return RedisListSource(broker)
+        watch = ListWatch(partial(connect, settings.broker_url, settings), settings.redis_socket_timeout_s)
+        return RedisListSource(broker, watch)
     from worker.app import app  # not at import: the app's module opens this runtime in each child
 
     return AmqpSource(app.connection_for_read)
