@@ -45,6 +45,7 @@ class InteractiveInterjection:
     queue: str
     task_id: str
     max_texts: int
+    watch: bool = False  # between a bulk chunk's runs: ask the broker only when the queue changed
     served: int = 0
     batches: int = 0
     looked: bool = False
@@ -52,12 +53,12 @@ class InteractiveInterjection:
     def __call__(self) -> bool:
         """Serve the chunks waiting now (up to `max_texts` texts); False where none were served.
 
-        The first call always asks the broker; later ones skip the round trip while the queue is
-        known to be still empty (worker.list_watch)."""
-        if self.looked and self.gatherer.quiet(self.queue):
+        Watching, the first call asks the broker, and later ones skip the round trip while the
+        queue is known to be still empty (worker.list_watch)."""
+        if self.watch and self.looked and self.gatherer.quiet(self.queue):
             return False
         self.looked = True
-        taken = self.gatherer.take_waiting(self.queue, self.max_texts)
+        taken = self.gatherer.take_waiting(self.queue, self.max_texts, self.watch)
         if not taken:
             return False
         note = self.gatherer.note(self.task_id, self.queue, taken)
