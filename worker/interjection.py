@@ -7,8 +7,9 @@ waits for the first of them to finish. So before each engine run of a bulk chunk
 the small chunks waiting on its build's interactive queue (worker.gathering) and runs them
 at once (up to EMBED_INTERJECT_MAX_TEXTS texts): the query waits for one engine run (at most
 EMBED_MAX_BATCH_SIZE texts) instead of a whole chunk, and bulk chunks keep the size that runs them
-at full speed. On Redis the process asks only when the queue may have changed since its last look (the first look
-of each bulk chunk, then as Redis's client tracking reports a change: worker.list_watch).
+at full speed. On Redis the process asks only when the queue may have changed since its last look
+(the first look of each bulk chunk, then as Redis's client tracking reports a change:
+worker.list_watch).
 
 An interactive task, once its own batch is counted, goes on the same way (`drain`): it takes the
 chunks that queued meanwhile and runs them, batch after batch (up to EMBED_GATHER_MAX_TEXTS texts

@@ -107,16 +107,17 @@ class ListWatch:
         if listener is None:
             return True
         connection = listener.connection
+        heard = False
         try:
-            if connection is None or not connection.can_read(timeout=0):
-                return False
-            while connection.can_read(timeout=0):
+            while connection is not None and connection.can_read(timeout=0):  # may reconnect
+                heard = True
                 listener.get_message(timeout=0)
         except (redis.RedisError, OSError):
             self._listener_lost = True
         if self._listener_lost:  # Redis stopped sending to the old connection's id
             self._close_listener()
-        return True
+            return True
+        return heard
 
     def _reconnected(self, _connection: AbstractConnection) -> None:
         self._listener_lost = True
