@@ -30,9 +30,14 @@ INVALIDATIONS = "__redis__:invalidate"  # the channel Redis sends a redirected c
 class ListWatch:
     """Pops a list and tracks it; `quiet` says whether it is still as empty as the last pop left it."""
 
-    def __init__(self, connect: Callable[[], redis.Redis], setup_timeout_s: float) -> None:
-        self._connect = connect
-        self._looker = connect()  # only pops and tracked reads go through it
+    def __init__(
+        self, looker: redis.Redis, connect_listener: Callable[[], redis.Redis], setup_timeout_s: float
+    ) -> None:
+        """`looker`: a client of its own (tracking is per connection): only pops and tracked reads go
+        through it. `connect_listener`: a client that does not retry, since a lost listener only
+        means looking every time until the next pop opens another."""
+        self._looker = looker
+        self._connect_listener = connect_listener
         self._setup_timeout_s = setup_timeout_s
         self._listener: PubSub | None = None
         self._listener_id = 0
@@ -84,7 +89,7 @@ class ListWatch:
         return self._listener_id
 
     def _open_listener(self) -> tuple[PubSub, int]:
-        listener = self._connect().pubsub()
+        listener = self._connect_listener().pubsub()
         try:
             listener.execute_command("CLIENT", "ID")
             reply = listener.parse_response(block=False, timeout=self._setup_timeout_s)

@@ -66,7 +66,8 @@ def _lane_source(settings: FleetSettings, cache: redis.Redis) -> LaneSource:
     """Where waiting chunks are taken from: the broker's Redis lists, or RabbitMQ's queues."""
     broker = broker_client(settings, cache)
     if broker is not None:
-        watch = ListWatch(partial(connect, settings.broker_url, settings), settings.redis_socket_timeout_s)
+        url, setup_timeout_s = settings.broker_url, settings.redis_socket_timeout_s
+        watch = ListWatch(connect(url, settings), partial(connect, url, settings, 0), setup_timeout_s)
         return RedisListSource(broker, watch)
     from worker.app import app  # not at import: the app's module opens this runtime in each child
 

@@ -33,7 +33,8 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def watch_of(url: str) -> ListWatch:
-    return ListWatch(partial(connect, url, FleetSettings(redis_outage_s=1)), SETUP_TIMEOUT_S)
+    settings = FleetSettings(redis_outage_s=1)
+    return ListWatch(connect(url, settings), partial(connect, url, settings, 0), SETUP_TIMEOUT_S)
 
 
 def test_a_list_a_pop_left_empty_stays_quiet_until_another_client_pushes(server: RedisServer) -> None:
