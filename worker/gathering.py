@@ -42,9 +42,9 @@ BROKER_ERRORS = (OSError, KombuError, AMQPError)  # a lost connection, a failed 
 
 
 class LaneSource(Protocol):
-    def take(self, queue: str, budget: int, watch: bool = False) -> list[ChunkRef]:
+    def take(self, queue: str, budget: int, watched: bool = False) -> list[ChunkRef]:
         """Waiting chunks of `queue`, oldest first, up to `budget` texts, removed from the broker;
-        `watch`: so that `quiet` can tell afterwards, without a round trip, whether more came."""
+        `watched`: so that `quiet` can tell afterwards, without a round trip, whether more came."""
 
     def quiet(self, queue: str) -> bool:
         """`queue` is known to be as empty as the last watched take left it."""
@@ -61,8 +61,8 @@ class RedisListSource:
     def quiet(self, queue: str) -> bool:
         return self.watch is not None and self.watch.quiet(queue)
 
-    def take(self, queue: str, budget: int, watch: bool = False) -> list[ChunkRef]:
-        if watch and self.watch is not None:
+    def take(self, queue: str, budget: int, watched: bool = False) -> list[ChunkRef]:
+        if watched and self.watch is not None:
             raws = self.watch.pop(queue, budget)
         else:
             raws = cast(list[bytes], self.broker.rpop(queue, budget) or [])
@@ -90,7 +90,7 @@ class AmqpSource:
         self.connect = connect
         self.connection: Connection | None = None
 
-    def take(self, queue: str, budget: int, watch: bool = False) -> list[ChunkRef]:
+    def take(self, queue: str, budget: int, watched: bool = False) -> list[ChunkRef]:
         taken: list[ChunkRef] = []
         try:
             lane = Queue(queue, no_declare=True)(self._channel())
@@ -139,17 +139,17 @@ class QueueGatherer:
             return []
         return self._take(queue, self.max_texts - own_texts)
 
-    def take_waiting(self, queue: str, max_texts: int, watch: bool = False) -> list[ChunkRef]:
+    def take_waiting(self, queue: str, max_texts: int, watched: bool = False) -> list[ChunkRef]:
         """Waiting small chunks of `queue`, up to `max_texts` texts, removed from it (for a bulk task
         that serves them between its engine runs, watching the queue, or a drain)."""
-        return self._take(queue, max_texts, watch)
+        return self._take(queue, max_texts, watched)
 
     def quiet(self, queue: str) -> bool:
         """Nothing has come to `queue` since the last take found it empty (known without a round trip)."""
         return self.source.quiet(queue)
 
-    def _take(self, queue: str, budget: int, watch: bool = False) -> list[ChunkRef]:
-        return self.source.take(queue, budget, watch) if budget > 0 else []
+    def _take(self, queue: str, budget: int, watched: bool = False) -> list[ChunkRef]:
+        return self.source.take(queue, budget, watched) if budget > 0 else []
 
     def note(self, carrier_task_id: str, queue: str, carried: list[ChunkRef]) -> CarriedNote:
         """What a task carries, noted in the round trip that claims its chunks (ChunkRunner)."""

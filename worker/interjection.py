@@ -47,7 +47,7 @@ class InteractiveInterjection:
     queue: str
     task_id: str
     max_texts: int
-    watch: bool = False  # between a bulk chunk's runs: ask the broker only when the queue changed
+    watched: bool = False  # between a bulk chunk's runs: ask the broker only when the queue changed
     served: int = 0
     batches: int = 0
     looked: bool = False
@@ -57,10 +57,10 @@ class InteractiveInterjection:
 
         Watching, the first call asks the broker, and later ones skip the round trip while the
         queue is known to be still empty (worker.list_watch)."""
-        if self.watch and self.looked and self.gatherer.quiet(self.queue):
+        if self.watched and self.looked and self.gatherer.quiet(self.queue):
             return False
         self.looked = True
-        taken = self.gatherer.take_waiting(self.queue, self.max_texts, self.watch)
+        taken = self.gatherer.take_waiting(self.queue, self.max_texts, self.watched)
         if not taken:
             return False
         note = self.gatherer.note(self.task_id, self.queue, taken)

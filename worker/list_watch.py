@@ -67,7 +67,7 @@ class ListWatch:
         popped, length = replies[-2:]
         if isinstance(popped, Exception):
             raise popped
-        if listener_id and not self.refused and length == 0:
+        if self._listener_id and length == 0:  # still listening: tracking was not refused or lost
             self._quiet.add(key)
         return cast(list[bytes], popped or [])
 

@@ -66,8 +66,9 @@ def _lane_source(settings: FleetSettings, cache: redis.Redis) -> LaneSource:
     """Where waiting chunks are taken from: the broker's Redis lists, or RabbitMQ's queues."""
     broker = broker_client(settings, cache)
     if broker is not None:
-        url, setup_timeout_s = settings.broker_url, settings.redis_socket_timeout_s
-        watch = ListWatch(connect(url, settings), partial(connect, url, settings, 0), setup_timeout_s)
+        url = settings.broker_url
+        listener = partial(connect, url, settings, outage_s=0)
+        watch = ListWatch(connect(url, settings), listener, settings.redis_socket_timeout_s)
         return RedisListSource(broker, watch)
     from worker.app import app  # not at import: the app's module opens this runtime in each child
 

@@ -105,7 +105,7 @@ def _interjection(bulk_runner: ChunkRunner, queue: str, task_id: str) -> Interac
         runtime, bulk_runner.node, republish=lambda chunk: send_chunk(app, chunk, interactive)
     )
     interjection = InteractiveInterjection(
-        runtime.gatherer, runner, interactive, task_id, runtime.settings.interject_max_texts, watch=True
+        runtime.gatherer, runner, interactive, task_id, runtime.settings.interject_max_texts, watched=True
     )
     bulk_runner.before_each_run = interjection
     return interjection

@@ -34,7 +34,7 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def watch_of(url: str) -> ListWatch:
     settings = FleetSettings(redis_outage_s=1)
-    return ListWatch(connect(url, settings), partial(connect, url, settings, 0), SETUP_TIMEOUT_S)
+    return ListWatch(connect(url, settings), partial(connect, url, settings, outage_s=0), SETUP_TIMEOUT_S)
 
 
 def test_a_list_a_pop_left_empty_stays_quiet_until_another_client_pushes(server: RedisServer) -> None:
