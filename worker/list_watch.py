@@ -2,10 +2,10 @@
 trip: Redis's client-side caching ("tracking") in its two-connection mode.
 
 A bulk task looks for waiting interactive chunks before each engine run (worker.interjection). A
-look is a round trip, and while the engine keeps every core busy redis-server waits for one: about
-0.5 ms a look, 1.3 % of a bulk job on 2 cores (docs/benchmarks.md). So each look also reads the
-list's length on a connection with tracking on: Redis then sends one invalidation to this process's
-listening connection when the list next changes. Until one comes, a list the look found empty is
+look is a round trip, and while the engine keeps every core busy redis-server waits for one: 1.6 %
+of a bulk task's time on 2 cores (docs/benchmarks.md). So each look also reads the list's length
+on a connection with tracking on: Redis then sends one invalidation to this process's listening
+connection when the list next changes. Until one comes, a list the look found empty is
 still empty, and checking costs a poll of a local socket.
 
 Anything unexpected (tracking refused by an ACL or a proxy, the listener's connection lost) means a
